@@ -51,3 +51,26 @@ pub const ORIGIN_POD_ANNOTATION: &str = "podsnap.dev/origin-pod";
 pub const TRIGGERED_BY_LABEL: &str = "podsnap.dev/triggered-by";
 /// Pod condition type set on a Pod restored from a snapshot.
 pub const POD_RESTORED_CONDITION: &str = "PodRestored";
+
+/// The CustomResourceDefinitions of the four kinds, in the order to apply them.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![
+        PodSnapshotStorageConfig::crd(),
+        PodSnapshotPolicy::crd(),
+        PodSnapshot::crd(),
+        PodSnapshotManualTrigger::crd(),
+    ]
+}
+
+/// The CRDs as multi-document YAML, ready for `kubectl apply -f -`.
+pub fn crds_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
+}

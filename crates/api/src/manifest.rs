@@ -149,6 +149,7 @@ pub fn load_documents(source_name: &str, text: &str) -> Result<Vec<Document>, Lo
                         .or_else(|| yaml_lines::locate(body, &p.path))
                         .map(|l| l + line - 1);
                 }
+                problems.sort_by_key(|p| p.line);
                 errors.push(DocumentError {
                     index,
                     line,
@@ -336,12 +337,20 @@ fn typed<K>(value: Value, rules: fn(&K) -> Vec<FieldError>) -> Result<K, Vec<Fie
 where
     K: CustomResourceExt + DeserializeOwned,
 {
-    let unknown = validate::unknown_fields::<K>(&value);
+    let mut problems = validate::schema_errors::<K>(&value);
     let object: K = match deserialize(value) {
         Ok(object) => object,
-        Err(e) => return Err(unknown.into_iter().chain([e]).collect()),
+        Err(e) => {
+            // The schema check usually found the same problem already, with a better fix.
+            let related = |p: &FieldError| {
+                !p.path.is_empty() && (e.path.starts_with(&p.path) || p.path.starts_with(&e.path))
+            };
+            if !problems.iter().any(related) {
+                problems.push(e);
+            }
+            return Err(problems);
+        }
     };
-    let mut problems = unknown;
     problems.extend(rules(&object));
     if problems.is_empty() {
         Ok(object)
@@ -371,9 +380,6 @@ fn fix_for_serde_message(message: &str) -> String {
     }
     if message.starts_with("missing field") {
         return "add the field".to_owned();
-    }
-    if message.starts_with("bad duration") {
-        return "write a duration such as `7d`, `12h` or `30min`".to_owned();
     }
     String::new()
 }

@@ -405,9 +405,10 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Finds fields the kind's schema does not know, the way a strict API server would, with a
-/// suggestion for likely typos.
-pub fn unknown_fields<K: CustomResourceExt>(value: &Value) -> Vec<FieldError> {
+/// Checks a document against its kind's CRD schema, the way a strict API server would:
+/// unknown fields (with a suggestion for likely typos), missing required fields, wrong types
+/// and values outside an enum. Every problem is reported, not just the first.
+pub fn schema_errors<K: CustomResourceExt>(value: &Value) -> Vec<FieldError> {
     let crd = K::crd();
     let Some(schema) = crd
         .spec
@@ -420,13 +421,71 @@ pub fn unknown_fields<K: CustomResourceExt>(value: &Value) -> Vec<FieldError> {
         return Vec::new();
     };
     let mut errors = Vec::new();
-    walk_schema(&schema, value, "", &mut errors);
+    let Some(map) = value.as_object() else {
+        return errors;
+    };
+    // The API server handles apiVersion, kind and metadata itself; the schema omits them.
+    let body: serde_json::Map<String, Value> = map
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    walk_schema(&schema, &Value::Object(body), "", &mut errors);
     errors
 }
 
 fn walk_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    if let Some(expected) = schema.get("type").and_then(Value::as_str) {
+        let fits = match expected {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            _ => true,
+        };
+        if !fits && !(value.is_null() && schema.get("nullable") == Some(&Value::Bool(true))) {
+            errors.push(FieldError::new(
+                path,
+                format!("expected {}, found {}", article(expected), describe(value)),
+                format!("write {} here", article(expected)),
+            ));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let names: Vec<String> = allowed
+            .iter()
+            .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+            .collect();
+        errors.push(FieldError::new(
+            path,
+            format!("{} is not an allowed value", describe(value)),
+            format!("use one of {}", names.join(", ")),
+        ));
+        return;
+    }
     match value {
         Value::Object(map) => {
+            for required in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = required.as_str()
+                    && !map.contains_key(name)
+                {
+                    errors.push(FieldError::new(
+                        join(path, name),
+                        "required field is missing",
+                        format!("add `{name}`"),
+                    ));
+                }
+            }
             let Some(props) = schema.get("properties").and_then(Value::as_object) else {
                 if let Some(additional) = schema.get("additionalProperties")
                     && additional.is_object()
@@ -471,6 +530,26 @@ fn walk_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Field
             }
         }
         _ => {}
+    }
+}
+
+fn article(type_name: &str) -> String {
+    match type_name {
+        "object" => "an object (a mapping)".into(),
+        "array" => "a list".into(),
+        "integer" => "a whole number".into(),
+        other => format!("a {other}"),
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing (null)".into(),
+        Value::Bool(b) => format!("the boolean `{b}`"),
+        Value::Number(n) => format!("the number `{n}`"),
+        Value::String(s) => format!("`{s}`"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
     }
 }
 
