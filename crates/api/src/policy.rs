@@ -19,21 +19,9 @@ use crate::duration::RetentionDuration;
     derive = "PartialEq",
     status = "PodSnapshotPolicyStatus",
     doc = "Selects Pods by label; snapshots them on a workload or manual trigger and restores new matching Pods from the latest compatible snapshot.",
-    printcolumn(
-        name = "Storage",
-        type_ = "string",
-        json_path = ".spec.storageConfigName"
-    ),
-    printcolumn(
-        name = "Trigger",
-        type_ = "string",
-        json_path = ".spec.triggerConfig.type"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Storage","type":"string","jsonPath":".spec.storageConfigName"}"#,
+    printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.triggerConfig.type"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodSnapshotPolicySpec {

@@ -19,17 +19,9 @@ use crate::policy::SnapshotScope;
     derive = "PartialEq",
     status = "PodSnapshotStatus",
     doc = "One snapshot of one Pod: its memory, processes, files and root file system changes, stored in the policy's storage.",
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
-    ),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyName"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policyName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodSnapshotSpec {

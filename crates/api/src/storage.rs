@@ -15,16 +15,8 @@ use crate::condition::Condition;
     derive = "PartialEq",
     status = "PodSnapshotStorageConfigStatus",
     doc = "Where podsnap stores snapshot data: a GCS or S3 bucket, an Azure container, or a local directory.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodSnapshotStorageConfigSpec {

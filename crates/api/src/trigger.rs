@@ -16,22 +16,10 @@ use crate::condition::Condition;
     derive = "PartialEq",
     status = "PodSnapshotManualTriggerStatus",
     doc = "A single-use request to snapshot one Pod whose policy has a manual trigger.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetPod"),
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Triggered\")].reason"
-    ),
-    printcolumn(
-        name = "Snapshot",
-        type_ = "string",
-        json_path = ".status.snapshotCreated.name"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetPod"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Triggered\")].reason"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotCreated.name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodSnapshotManualTriggerSpec {

@@ -445,7 +445,8 @@ fn walk_schema(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Field
             "boolean" => value.is_boolean(),
             _ => true,
         };
-        if !fits && !(value.is_null() && schema.get("nullable") == Some(&Value::Bool(true))) {
+        let null_allowed = value.is_null() && schema.get("nullable") == Some(&Value::Bool(true));
+        if !fits && !null_allowed {
             errors.push(FieldError::new(
                 path,
                 format!("expected {}, found {}", article(expected), describe(value)),

@@ -44,6 +44,16 @@ pub struct DistilledSpec {
 pub struct SpecHash(String);
 
 impl SpecHash {
+    /// A hash read back from its 64 lower-case hex digits (e.g. from a PodSnapshot's status);
+    /// `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let valid = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| Self(hex.to_owned()))
+    }
+
     /// The hash as 64 hex digits.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what podsnap needs on a fresh Debian machine (root): runsc for the gvisor engine.
+# Safe to run again; it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v runsc >/dev/null 2>&1 || need+=(runsc)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
