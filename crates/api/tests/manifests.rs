@@ -25,6 +25,11 @@ fn only_problem(text: &str) -> (DocumentError, podsnap_api::FieldError) {
 
 const POLICY_HEAD: &str = "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata:\n  name: p\n  namespace: default\nspec:\n  storageConfigName: s\n";
 
+/// A valid policy (selector and trigger on lines 8 and 9) followed by `rest`.
+fn policy_with(rest: &str) -> String {
+    format!("{POLICY_HEAD}  selector: {{}}\n  triggerConfig: {{type: workload}}\n{rest}")
+}
+
 #[test]
 fn the_shipped_examples_load() {
     for name in [
@@ -153,9 +158,9 @@ fn bad_durations_and_units_are_explained() {
         ("-3d", "negative"),
         ("", "empty"),
     ] {
-        let text = format!(
-            "{POLICY_HEAD}  selector: {{}}\n  triggerConfig: {{type: workload}}\n  retentionConfig:\n    lastAccessTimeout: \"{value}\"\n"
-        );
+        let text = policy_with(&format!(
+            "  retentionConfig:\n    lastAccessTimeout: \"{value}\"\n"
+        ));
         let (_, p) = only_problem(&text);
         assert_eq!(p.path, "spec.retentionConfig.lastAccessTimeout", "{value}");
         assert!(p.problem.contains(expect), "{value}: {p}");
@@ -205,9 +210,9 @@ fn unknown_operator_and_bad_label_keys_are_refused() {
 #[test]
 fn negative_and_malformed_counts_are_refused() {
     let grouping = |count: &str| {
-        format!(
-            "{POLICY_HEAD}  selector: {{}}\n  triggerConfig: {{type: workload}}\n  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: [tenant]\n      groupRetentionPolicy:\n        maxSnapshotCountPerGroup: {count}\n"
-        )
+        policy_with(&format!(
+            "  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: [tenant]\n      groupRetentionPolicy:\n        maxSnapshotCountPerGroup: {count}\n"
+        ))
     };
     let (_, p) = only_problem(&grouping("-1"));
     assert_eq!(
@@ -226,9 +231,7 @@ fn negative_and_malformed_counts_are_refused() {
 
 #[test]
 fn grouping_needs_labels() {
-    let text = format!(
-        "{POLICY_HEAD}  selector: {{}}\n  triggerConfig: {{type: workload}}\n  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: []\n"
-    );
+    let text = policy_with("  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: []\n");
     let (_, p) = only_problem(&text);
     assert!(p.problem.contains("no label keys"), "{p}");
 }
@@ -286,9 +289,7 @@ fn an_unknown_backend_is_named_with_the_known_ones() {
 
 #[test]
 fn typos_get_a_suggestion() {
-    let text = format!(
-        "{POLICY_HEAD}  selector: {{}}\n  triggerConfig: {{type: workload}}\n  retentionconfig:\n    lastAccessTimeout: 7d\n"
-    );
+    let text = policy_with("  retentionconfig:\n    lastAccessTimeout: 7d\n");
     let (_, p) = only_problem(&text);
     assert_eq!(p.path, "spec.retentionconfig");
     assert_eq!(p.fix, "did you mean `retentionConfig`?");

@@ -153,6 +153,15 @@ impl Pod {
             hash: spec_hash(HASH),
         }
     }
+    fn select<'a>(
+        &self,
+        policies: &'a [PodSnapshotPolicy],
+        snapshots: &'a [PodSnapshot],
+        node: &NodeFingerprint,
+    ) -> Selection<'a> {
+        select_snapshot(&self.facts(), policies, snapshots, node)
+    }
+
     fn facts(&self) -> PodFacts<'_> {
         PodFacts {
             namespace: "default",
@@ -250,7 +259,7 @@ fn policies_from_other_namespaces_or_being_deleted_do_not_govern() {
 fn no_policy_means_cold_start() {
     let pod = Pod::with(&[("app", "other")], &[]);
     let policies = [app_policy()];
-    let why = cold(select_snapshot(&pod.facts(), &policies, &[], &node()));
+    let why = cold(pod.select(&policies, &[], &node()));
     assert_eq!(why, NoSnapshot::NoPolicy);
     assert_eq!(why.reason(), "NoPolicy");
 }
@@ -260,12 +269,7 @@ fn several_matching_policies_are_refused_by_name() {
     let pod = Pod::web();
     let policies = [app_policy(), policy("catch-all", LabelSelector::default())];
     let snapshots = [snapshot("s1", "web", 1)];
-    let why = cold(select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(pod.select(&policies, &snapshots, &node()));
     assert_eq!(
         why,
         NoSnapshot::AmbiguousPolicies(vec!["catch-all".into(), "web".into()])
@@ -289,12 +293,7 @@ fn no_ready_snapshot_yet() {
     let mut other_ns = snapshot("s4", "web", 4);
     other_ns.metadata.namespace = Some("prod".into());
     let snapshots = [pending, deleting, other_policy, other_ns];
-    let why = cold(select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(pod.select(&policies, &snapshots, &node()));
     assert_eq!(why.reason(), "NoSnapshot");
     assert!(matches!(why, NoSnapshot::NoReadySnapshot { ref policy, .. } if policy == "web"));
 }
@@ -308,7 +307,7 @@ fn the_newest_ready_snapshot_wins() {
         snapshot("newest", "web", 30),
         snapshot("mid", "web", 20),
     ];
-    let selection = select_snapshot(&pod.facts(), &policies, &snapshots, &node());
+    let selection = pod.select(&policies, &snapshots, &node());
     assert_eq!(chosen(&selection), "newest");
 }
 
@@ -317,15 +316,7 @@ fn equal_times_break_ties_by_name() {
     let pod = Pod::web();
     let policies = [app_policy()];
     let snapshots = [snapshot("a", "web", 5), snapshot("b", "web", 5)];
-    assert_eq!(
-        chosen(&select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &node()
-        )),
-        "b"
-    );
+    assert_eq!(chosen(&pod.select(&policies, &snapshots, &node())), "b");
 }
 
 #[test]
@@ -335,7 +326,7 @@ fn an_incompatible_newer_snapshot_is_passed_over_with_its_reason() {
     let mut newer = snapshot("newer", "web", 10);
     requirements(&mut newer).distilled_spec_hash = OTHER_HASH.into();
     let snapshots = [newer, snapshot("older", "web", 1)];
-    let selection = select_snapshot(&pod.facts(), &policies, &snapshots, &node());
+    let selection = pod.select(&policies, &snapshots, &node());
     assert_eq!(chosen(&selection), "older");
     let Selection::Restore { passed_over, .. } = selection else {
         unreachable!()
@@ -355,12 +346,7 @@ fn a_hash_mismatch_everywhere_is_reported() {
     let mut only = snapshot("s1", "web", 1);
     requirements(&mut only).distilled_spec_hash = OTHER_HASH.into();
     let snapshots = [only];
-    let why = cold(select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(pod.select(&policies, &snapshots, &node()));
     assert_eq!(why.reason(), "HashMismatch");
     let text = why.to_string();
     assert!(
@@ -399,22 +385,14 @@ fn each_node_mismatch_is_a_reason() {
     for (what, change) in variants {
         let mut here = node();
         change(&mut here);
-        let why = cold(select_snapshot(&pod.facts(), &policies, &snapshots, &here));
+        let why = cold(pod.select(&policies, &snapshots, &here));
         assert_eq!(why.reason(), "NodeMismatch", "{what}: {why}");
     }
     // CPU count and memory are not part of the fingerprint; extra CPU features are fine.
     let mut richer = node();
     richer.cpu_features.insert("avx512f".into());
     richer.kernel_release = "6.19.0".into();
-    assert_eq!(
-        chosen(&select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &richer
-        )),
-        "s1"
-    );
+    assert_eq!(chosen(&pod.select(&policies, &snapshots, &richer)), "s1");
 }
 
 #[test]
@@ -427,29 +405,14 @@ fn grouping_restricts_to_the_pods_group() {
     ];
     let acme = Pod::with(&[("app", "web"), ("tenant", "acme")], &[]);
     assert_eq!(
-        chosen(&select_snapshot(
-            &acme.facts(),
-            &policies,
-            &snapshots,
-            &node()
-        )),
+        chosen(&acme.select(&policies, &snapshots, &node())),
         "acme-1"
     );
     let initech = Pod::with(&[("app", "web"), ("tenant", "initech")], &[]);
-    let why = cold(select_snapshot(
-        &initech.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(initech.select(&policies, &snapshots, &node()));
     assert!(why.to_string().contains("tenant=initech"), "{why}");
     let unlabelled = Pod::web();
-    let why = cold(select_snapshot(
-        &unlabelled.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(unlabelled.select(&policies, &snapshots, &node()));
     assert_eq!(
         why,
         NoSnapshot::MissingGroupLabels {
@@ -464,25 +427,9 @@ fn a_pin_selects_that_snapshot_even_if_older() {
     let policies = [app_policy()];
     let snapshots = [snapshot("old", "web", 1), snapshot("new", "web", 2)];
     let pod = Pod::with(&[("app", "web")], &[("podsnap.dev/ps-name", "old")]);
-    assert_eq!(
-        chosen(&select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &node()
-        )),
-        "old"
-    );
+    assert_eq!(chosen(&pod.select(&policies, &snapshots, &node())), "old");
     let gke = Pod::with(&[("app", "web")], &[("podsnapshot.gke.io/ps-name", "old")]);
-    assert_eq!(
-        chosen(&select_snapshot(
-            &gke.facts(),
-            &policies,
-            &snapshots,
-            &node()
-        )),
-        "old"
-    );
+    assert_eq!(chosen(&gke.select(&policies, &snapshots, &node())), "old");
 }
 
 #[test]
@@ -529,12 +476,7 @@ fn a_failing_pin_never_falls_back() {
     ];
     for (name, expect) in cases {
         let pod = pinned(name);
-        let why = cold(select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &node(),
-        ));
+        let why = cold(pod.select(&policies, &snapshots, &node()));
         assert!(expect(&why), "pin {name}: {why:?}");
         assert_eq!(why.reason(), "PinnedSnapshotUnusable");
     }
@@ -552,21 +494,11 @@ fn rootfs_only_snapshots_skip_the_hash_and_the_machine_series() {
     other_machine.cpu.machine_series = "intel-sapphirerapids".into();
     other_machine.cpu_features = BTreeSet::new();
     assert_eq!(
-        chosen(&select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &other_machine
-        )),
+        chosen(&pod.select(&policies, &snapshots, &other_machine)),
         "fs"
     );
     other_machine.architecture = "aarch64".into();
-    let why = cold(select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &other_machine,
-    ));
+    let why = cold(pod.select(&policies, &snapshots, &other_machine));
     assert_eq!(why.reason(), "NodeMismatch");
 }
 
@@ -577,12 +509,7 @@ fn a_snapshot_without_requirements_is_rejected() {
     let mut bare = snapshot("bare", "web", 1);
     bare.status.as_mut().unwrap().restore_requirements = None;
     let snapshots = [bare];
-    let why = cold(select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ));
+    let why = cold(pod.select(&policies, &snapshots, &node()));
     assert!(
         matches!(&why, NoSnapshot::NoneCompatible(c) if c[0].rejections == [Rejection::NoRequirements])
     );
@@ -647,21 +574,7 @@ fn selection_is_deterministic_over_input_order() {
         snapshot("b", "web", 7),
         snapshot("c", "web", 5),
     ];
-    let first = chosen(&select_snapshot(
-        &pod.facts(),
-        &policies,
-        &snapshots,
-        &node(),
-    ))
-    .to_owned();
+    let first = chosen(&pod.select(&policies, &snapshots, &node())).to_owned();
     snapshots.reverse();
-    assert_eq!(
-        chosen(&select_snapshot(
-            &pod.facts(),
-            &policies,
-            &snapshots,
-            &node()
-        )),
-        first
-    );
+    assert_eq!(chosen(&pod.select(&policies, &snapshots, &node())), first);
 }
