@@ -37,6 +37,10 @@ pub struct StoreOptions {
     pub request_timeout: Duration,
     /// Connection timeout.
     pub connect_timeout: Duration,
+    /// Backend settings by object_store's config key names, e.g. `aws_access_key_id`,
+    /// `aws_secret_access_key`, `google_service_account`, `azure_storage_access_key`; they
+    /// override the environment.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +50,7 @@ impl Default for StoreOptions {
             retry_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            settings: Vec::new(),
         }
     }
 }
@@ -157,6 +162,12 @@ pub fn parse_url(url: &str) -> Result<StorageBackends> {
     Ok(backends)
 }
 
+fn unknown_setting(key: &str, backend: &str) -> RepoError {
+    RepoError::Invalid(format!(
+        "`{key}` is not a {backend} setting; use object_store's key names (e.g. aws_access_key_id, google_service_account, azure_storage_access_key)"
+    ))
+}
+
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Arc<dyn ObjectStore> {
     match prefix.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
         Some(p) => Arc::new(PrefixStore::new(store, StorePath::from(p))),
@@ -194,6 +205,10 @@ fn open_s3(s3: &S3Storage, options: &StoreOptions) -> Result<Location> {
         .with_conditional_put(S3ConditionalPut::ETagMatch)
         .with_retry(options.retry())
         .with_client_options(options.client());
+    for (key, value) in &options.settings {
+        let parsed = key.parse().map_err(|_| unknown_setting(key, "S3"))?;
+        builder = builder.with_config(parsed, value);
+    }
     if let Some(endpoint) = &s3.endpoint {
         builder = builder
             .with_endpoint(endpoint)
@@ -213,10 +228,15 @@ fn open_s3(s3: &S3Storage, options: &StoreOptions) -> Result<Location> {
 
 fn open_gcs(gcs: &GcsStorage, options: &StoreOptions) -> Result<Location> {
     let url = url_with("gs", &gcs.bucket, gcs.path.as_deref());
-    let store = GoogleCloudStorageBuilder::from_env()
+    let mut builder = GoogleCloudStorageBuilder::from_env()
         .with_bucket_name(&gcs.bucket)
         .with_retry(options.retry())
-        .with_client_options(options.client())
+        .with_client_options(options.client());
+    for (key, value) in &options.settings {
+        let parsed = key.parse().map_err(|_| unknown_setting(key, "GCS"))?;
+        builder = builder.with_config(parsed, value);
+    }
+    let store = builder
         .build()
         .map_err(|source| RepoError::Storage {
             location: url.clone(),
@@ -232,11 +252,16 @@ fn open_gcs(gcs: &GcsStorage, options: &StoreOptions) -> Result<Location> {
 fn open_azure(azure: &AzureStorage, options: &StoreOptions) -> Result<Location> {
     let url = format!("az://{}/{}", azure.account, azure.container)
         + &azure.path.as_deref().map(|p| format!("/{p}")).unwrap_or_default();
-    let store = MicrosoftAzureBuilder::from_env()
+    let mut builder = MicrosoftAzureBuilder::from_env()
         .with_account(&azure.account)
         .with_container_name(&azure.container)
         .with_retry(options.retry())
-        .with_client_options(options.client())
+        .with_client_options(options.client());
+    for (key, value) in &options.settings {
+        let parsed = key.parse().map_err(|_| unknown_setting(key, "Azure"))?;
+        builder = builder.with_config(parsed, value);
+    }
+    let store = builder
         .build()
         .map_err(|source| RepoError::Storage {
             location: url.clone(),
