@@ -22,6 +22,35 @@ use crate::condition::Condition;
 pub struct PodSnapshotStorageConfigSpec {
     /// The storage backend; exactly one of its fields must be set.
     pub snapshot_storage_config: StorageBackends,
+    /// Client-side encryption of snapshot data (podsnap extension): a snapshot holds the full
+    /// memory of a workload, its secrets included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// Where the 256-bit key for client-side encryption comes from; exactly one source.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionConfig {
+    /// A key file on the node (64 hex digits, as `podsnap repo keygen` writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// A key in a Kubernetes Secret, read by the node agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The Secret's namespace; the agent's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The key within the Secret's data.
+    pub key: String,
 }
 
 /// The backends a storage config may name. Exactly one must be set.

@@ -123,6 +123,22 @@ pub fn validate_storage_config(config: &PodSnapshotStorageConfig) -> Vec<FieldEr
             azure.path.as_deref(),
         );
     }
+    if let Some(encryption) = &config.spec.encryption {
+        let here = "spec.encryption";
+        match (&encryption.key_file, &encryption.secret_ref) {
+            (Some(_), Some(_)) | (None, None) => errors.push(FieldError::new(
+                here,
+                "the key must come from exactly one place",
+                "set either `keyFile` or `secretRef`",
+            )),
+            (Some(file), None) if !file.starts_with('/') => errors.push(FieldError::new(
+                format!("{here}.keyFile"),
+                format!("`{file}` is not an absolute path"),
+                "use an absolute path, e.g. `/etc/podsnap/snapshot.key`",
+            )),
+            _ => {}
+        }
+    }
     if let Some(local) = &backends.local
         && !local.directory.starts_with('/')
     {

@@ -296,6 +296,27 @@ fn typos_get_a_suggestion() {
 }
 
 #[test]
+fn encryption_needs_exactly_one_key_source() {
+    let base = format!("{STORAGE_HEAD}    local: {{directory: /srv/snapshots}}\n  encryption:\n");
+    assert!(load_documents("t", &format!("{base}    keyFile: /etc/podsnap/key\n")).is_ok());
+    assert!(
+        load_documents(
+            "t",
+            &format!("{base}    secretRef: {{name: k, key: key}}\n")
+        )
+        .is_ok()
+    );
+    let (_, p) = only_problem(&format!("{base}    keyFile: key.hex\n"));
+    assert_eq!(p.path, "spec.encryption.keyFile");
+    let (_, p) = only_problem(&format!(
+        "{base}    keyFile: /k\n    secretRef: {{name: k, key: key}}\n"
+    ));
+    assert!(p.fix.contains("either `keyFile` or `secretRef`"), "{p}");
+    let (_, p) = only_problem(&format!("{base}    secretRef: {{name: k}}\n"));
+    assert_eq!(p.path, "spec.encryption.secretRef.key");
+}
+
+#[test]
 fn backend_fields_are_checked() {
     let (_, p) = only_problem(&format!(
         "{STORAGE_HEAD}    local:\n      directory: relative/dir\n"

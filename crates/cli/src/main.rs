@@ -6,6 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
+mod progress;
+mod repo_cmd;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +61,17 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Work with snapshot repositories: list, inspect, verify, delete, collect garbage, and
+    /// store or fetch files for testing.
+    Repo {
+        #[command(subcommand)]
+        command: repo_cmd::RepoCommand,
+    },
+    /// Measure podsnap against its baselines and print the figures side by side.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -106,7 +121,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { files } => validate(&files),
         Command::Distill { file, hash_only } => distill(&file, hash_only),
         Command::NodeInfo { engine, output } => node_info(engine, output),
+        Command::Repo { command } => {
+            runtime()?.block_on(repo_cmd::run(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command } => {
+            runtime()?.block_on(bench::run(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn read_source(path: &PathBuf) -> Result<(String, String)> {

@@ -103,7 +103,9 @@ impl Repository {
                     size: m.total_size(),
                     streams: m.streams.iter().map(|s| s.name.clone()).collect(),
                 }),
-                Err(e) => tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot"),
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot")
+                }
             }
         }
         out.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
@@ -135,8 +137,12 @@ impl Repository {
     /// chunks stay until `gc` finds them unreferenced, since other snapshots may share them.
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.manifest(id).await?;
-        self.inner.delete(&layout::manifest(id), "deleting the manifest").await?;
-        self.inner.delete(&layout::pending(id), "deleting a write marker").await
+        self.inner
+            .delete(&layout::manifest(id), "deleting the manifest")
+            .await?;
+        self.inner
+            .delete(&layout::pending(id), "deleting a write marker")
+            .await
     }
 
     /// Checks that every chunk of snapshot `id` exists; with `deep`, also fetches and verifies
@@ -159,9 +165,15 @@ impl Repository {
                 let snapshot = id.to_owned();
                 async move {
                     if deep {
-                        return inner.fetch_chunk(&snapshot, chunk).await.map(|d| d.len() as u64);
+                        return inner
+                            .fetch_chunk(&snapshot, chunk)
+                            .await
+                            .map(|d| d.len() as u64);
                     }
-                    match inner.head(&layout::chunk(&chunk), "checking a chunk").await? {
+                    match inner
+                        .head(&layout::chunk(&chunk), "checking a chunk")
+                        .await?
+                    {
                         Some(_) => Ok(0),
                         None => Err(RepoError::MissingChunk {
                             snapshot,
@@ -194,7 +206,12 @@ impl Repository {
         for id in self.snapshot_ids().await? {
             let manifest: Manifest = self.manifest(&id).await?;
             report.snapshots += 1;
-            referenced.extend(manifest.streams.iter().flat_map(|s| s.chunks.iter().filter_map(|c| c.id)));
+            referenced.extend(
+                manifest
+                    .streams
+                    .iter()
+                    .flat_map(|s| s.chunks.iter().filter_map(|c| c.id)),
+            );
         }
         report.referenced_chunks = referenced.len();
         let store = self.inner.store();
@@ -210,7 +227,9 @@ impl Repository {
         let cutoff = now.as_second() - options.grace.as_secs() as i64;
         let mut victims = Vec::new();
         for meta in chunks {
-            let Some(id) = layout::chunk_id_of(&meta.location) else { continue };
+            let Some(id) = layout::chunk_id_of(&meta.location) else {
+                continue;
+            };
             if referenced.contains(&id) {
                 continue;
             }
@@ -230,14 +249,19 @@ impl Repository {
         };
         self.write_sweep_record(&record).await?;
         for batch in victims.chunks(SWEEP_BATCH) {
-            let live = self.live_writes(options, jiff::Timestamp::now(), &mut report).await?;
+            let live = self
+                .live_writes(options, jiff::Timestamp::now(), &mut report)
+                .await?;
             if !live.is_empty() {
                 report.writes_in_progress = live;
                 break;
             }
             let deleted: Vec<u64> = futures::stream::iter(batch.iter())
                 .map(|meta| async move {
-                    self.inner.delete(&meta.location, "deleting an unreferenced chunk").await.map(|()| meta.size)
+                    self.inner
+                        .delete(&meta.location, "deleting an unreferenced chunk")
+                        .await
+                        .map(|()| meta.size)
                 })
                 .buffer_unordered(self.inner.options.concurrency.max(1))
                 .try_collect()
@@ -255,11 +279,18 @@ impl Repository {
 
     async fn write_sweep_record(&self, record: &SweepRecord) -> Result<()> {
         let body = serde_json::to_vec(record).expect("record serialises");
-        self.inner.put(&layout::last_sweep(), body.into(), "recording the sweep").await
+        self.inner
+            .put(&layout::last_sweep(), body.into(), "recording the sweep")
+            .await
     }
 
     /// Write markers of live writers; stale ones are removed.
-    async fn live_writes(&self, options: &GcOptions, now: jiff::Timestamp, report: &mut GcReport) -> Result<Vec<String>> {
+    async fn live_writes(
+        &self,
+        options: &GcOptions,
+        now: jiff::Timestamp,
+        report: &mut GcReport,
+    ) -> Result<Vec<String>> {
         let store: &Arc<dyn ObjectStore> = self.inner.store();
         let markers = store
             .list(Some(&layout::pendings()))
@@ -272,21 +303,34 @@ impl Repository {
             })?;
         let mut live = Vec::new();
         for meta in markers {
-            let bytes = match self.inner.get(&meta.location, "reading a write marker").await {
+            let bytes = match self
+                .inner
+                .get(&meta.location, "reading a write marker")
+                .await
+            {
                 Ok(b) => b,
-                Err(RepoError::Storage { source: object_store::Error::NotFound { .. }, .. }) => continue,
+                Err(RepoError::Storage {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => continue,
                 Err(e) => return Err(e),
             };
             let marker: Option<PendingMarker> = serde_json::from_slice(&bytes).ok();
             let started = marker
                 .as_ref()
                 .and_then(|m| m.started_at.parse::<jiff::Timestamp>().ok())
-                .unwrap_or_else(|| jiff::Timestamp::from_second(meta.last_modified.timestamp()).unwrap_or(now));
-            let name = marker.map(|m| m.snapshot_id).unwrap_or_else(|| meta.location.to_string());
+                .unwrap_or_else(|| {
+                    jiff::Timestamp::from_second(meta.last_modified.timestamp()).unwrap_or(now)
+                });
+            let name = marker
+                .map(|m| m.snapshot_id)
+                .unwrap_or_else(|| meta.location.to_string());
             let age = now.as_second() - started.as_second();
             if age > options.stale_write_after.as_secs() as i64 {
                 if !options.dry_run {
-                    self.inner.delete(&meta.location, "removing a stale write marker").await?;
+                    self.inner
+                        .delete(&meta.location, "removing a stale write marker")
+                        .await?;
                 }
                 report.stale_writes_removed.push(name);
             } else {

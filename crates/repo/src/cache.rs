@@ -42,7 +42,12 @@ pub struct ChunkCache {
 
 impl std::fmt::Debug for ChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChunkCache({}, {} bytes)", self.dir.display(), self.capacity)
+        write!(
+            f,
+            "ChunkCache({}, {} bytes)",
+            self.dir.display(),
+            self.capacity
+        )
     }
 }
 
@@ -50,12 +55,20 @@ impl ChunkCache {
     /// Opens (creating) a cache in `dir` holding at most `capacity` bytes; chunks already there
     /// are kept, oldest-modified first out.
     pub fn open(dir: PathBuf, capacity: u64) -> Result<Self> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| RepoError::io(format!("cannot create the chunk cache {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            RepoError::io(
+                format!("cannot create the chunk cache {}", dir.display()),
+                e,
+            )
+        })?;
         let mut found = Vec::new();
-        for shard in std::fs::read_dir(&dir).map_err(|e| RepoError::io(format!("cannot read {}", dir.display()), e))? {
+        for shard in std::fs::read_dir(&dir)
+            .map_err(|e| RepoError::io(format!("cannot read {}", dir.display()), e))?
+        {
             let Ok(shard) = shard else { continue };
-            let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
             for file in files.flatten() {
                 let name = file.file_name();
                 let Some(id) = name.to_str().and_then(ChunkId::from_hex) else {
@@ -73,7 +86,13 @@ impl ChunkCache {
         for (_, id, size) in found {
             state.clock += 1;
             state.total += size;
-            state.entries.insert(id, Entry { size, last_used: state.clock });
+            state.entries.insert(
+                id,
+                Entry {
+                    size,
+                    last_used: state.clock,
+                },
+            );
         }
         let cache = Self {
             dir,
@@ -102,7 +121,11 @@ impl ChunkCache {
 
     /// Whether the cache holds `id`.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.state.lock().expect("cache lock").entries.contains_key(id)
+        self.state
+            .lock()
+            .expect("cache lock")
+            .entries
+            .contains_key(id)
     }
 
     fn path_of(dir: &Path, id: &ChunkId) -> PathBuf {
@@ -205,7 +228,13 @@ async fn store(dir: &Path, state: &Mutex<State>, capacity: u64, id: ChunkId, byt
         let mut state = state.lock().expect("cache lock");
         state.clock += 1;
         let clock = state.clock;
-        if let Some(old) = state.entries.insert(id, Entry { size, last_used: clock }) {
+        if let Some(old) = state.entries.insert(
+            id,
+            Entry {
+                size,
+                last_used: clock,
+            },
+        ) {
             state.total -= old.size;
         }
         state.total += size;
@@ -220,8 +249,11 @@ fn evict(dir: &Path, state: &Mutex<State>, capacity: u64) {
         if state.total <= capacity {
             return;
         }
-        let mut by_age: Vec<(u64, ChunkId, u64)> =
-            state.entries.iter().map(|(id, e)| (e.last_used, *id, e.size)).collect();
+        let mut by_age: Vec<(u64, ChunkId, u64)> = state
+            .entries
+            .iter()
+            .map(|(id, e)| (e.last_used, *id, e.size))
+            .collect();
         by_age.sort();
         let mut victims = Vec::new();
         for (_, id, size) in by_age {
@@ -265,7 +297,10 @@ mod tests {
         let results = futures::future::join_all(tasks).await;
         assert!(results.iter().all(|r| r.as_ref().unwrap().0 == "chunk"));
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
-        let (again, hit) = cache.get_or_fetch(id(1), || async { panic!("must come from the cache") }).await.unwrap();
+        let (again, hit) = cache
+            .get_or_fetch(id(1), || async { panic!("must come from the cache") })
+            .await
+            .unwrap();
         assert!(hit);
         assert_eq!(again, "chunk");
     }
@@ -275,11 +310,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path().to_path_buf(), 30).unwrap();
         for n in 0..3 {
-            cache.get_or_fetch(id(n), || async { Ok(Bytes::from(vec![0u8; 10])) }).await.unwrap();
+            cache
+                .get_or_fetch(id(n), || async { Ok(Bytes::from(vec![0u8; 10])) })
+                .await
+                .unwrap();
         }
         // Touch chunk 0, then add a fourth: chunk 1 is the least recently used.
-        cache.get_or_fetch(id(0), || async { panic!("cached") }).await.unwrap();
-        cache.get_or_fetch(id(3), || async { Ok(Bytes::from(vec![0u8; 10])) }).await.unwrap();
+        cache
+            .get_or_fetch(id(0), || async { panic!("cached") })
+            .await
+            .unwrap();
+        cache
+            .get_or_fetch(id(3), || async { Ok(Bytes::from(vec![0u8; 10])) })
+            .await
+            .unwrap();
         assert!(cache.size() <= 30);
         assert!(cache.contains(&id(0)) && !cache.contains(&id(1)) && cache.contains(&id(3)));
         // Reopening finds what is on disk.
@@ -299,7 +343,10 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("boom"));
         assert!(!cache.contains(&id(5)));
-        let (bytes, hit) = cache.get_or_fetch(id(5), || async { Ok(Bytes::from_static(b"ok")) }).await.unwrap();
+        let (bytes, hit) = cache
+            .get_or_fetch(id(5), || async { Ok(Bytes::from_static(b"ok")) })
+            .await
+            .unwrap();
         assert_eq!((bytes.as_ref(), hit), (&b"ok"[..], false));
     }
 }

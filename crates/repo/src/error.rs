@@ -7,7 +7,9 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     /// The storage could not be reached or refused a request.
-    #[error("storage {location}: {operation} failed: {source}; check that the bucket exists, the endpoint is reachable and the credentials allow it")]
+    #[error(
+        "storage {location}: {operation} failed: {source}; check that the bucket exists, the endpoint is reachable and the credentials allow it"
+    )]
     Storage {
         /// The repository location (URL).
         location: String,
@@ -18,10 +20,14 @@ pub enum RepoError {
         source: object_store::Error,
     },
     /// No repository exists at the location.
-    #[error("no podsnap repository at {0}; write a snapshot there first (e.g. `podsnap repo put`), or check the URL or storage config")]
+    #[error(
+        "no podsnap repository at {0}; write a snapshot there first (e.g. `podsnap repo put`), or check the URL or storage config"
+    )]
     NoRepository(String),
     /// The snapshot does not exist.
-    #[error("snapshot {snapshot} does not exist in {location}; `podsnap repo ls` lists the snapshots there")]
+    #[error(
+        "snapshot {snapshot} does not exist in {location}; `podsnap repo ls` lists the snapshots there"
+    )]
     SnapshotNotFound {
         /// The snapshot id.
         snapshot: String,
@@ -29,7 +35,9 @@ pub enum RepoError {
         location: String,
     },
     /// A snapshot with this id exists already.
-    #[error("snapshot {0} already exists; snapshot ids are unique, pick another or delete the old one with `podsnap repo rm`")]
+    #[error(
+        "snapshot {0} already exists; snapshot ids are unique, pick another or delete the old one with `podsnap repo rm`"
+    )]
     SnapshotExists(String),
     /// The snapshot has no stream with this name.
     #[error("snapshot {snapshot} has no stream named {stream}; it has: {available}")]
@@ -42,7 +50,9 @@ pub enum RepoError {
         available: String,
     },
     /// A format this version of podsnap does not read.
-    #[error("{object}: format version {found} is not supported (this podsnap reads version {supported}); upgrade podsnap to read it")]
+    #[error(
+        "{object}: format version {found} is not supported (this podsnap reads version {supported}); upgrade podsnap to read it"
+    )]
     UnsupportedVersion {
         /// The object (manifest or chunk path).
         object: String,
@@ -52,7 +62,9 @@ pub enum RepoError {
         supported: u32,
     },
     /// An object that does not decode.
-    #[error("{object} is corrupt: {problem}; the stored data was damaged or changed: delete the snapshot (`podsnap repo rm`) and take a new one")]
+    #[error(
+        "{object} is corrupt: {problem}; the stored data was damaged or changed: delete the snapshot (`podsnap repo rm`) and take a new one"
+    )]
     Corrupt {
         /// The object path.
         object: String,
@@ -60,7 +72,9 @@ pub enum RepoError {
         problem: String,
     },
     /// A chunk a snapshot refers to is gone.
-    #[error("snapshot {snapshot}: chunk {chunk} is missing from the repository; the snapshot cannot be restored: delete it (`podsnap repo rm`) and take a new one")]
+    #[error(
+        "snapshot {snapshot}: chunk {chunk} is missing from the repository; the snapshot cannot be restored: delete it (`podsnap repo rm`) and take a new one"
+    )]
     MissingChunk {
         /// The snapshot id.
         snapshot: String,
@@ -68,7 +82,9 @@ pub enum RepoError {
         chunk: String,
     },
     /// A chunk that fails verification.
-    #[error("snapshot {snapshot}: chunk {chunk} is corrupt: {problem}; delete the snapshot (`podsnap repo rm`) and take a new one")]
+    #[error(
+        "snapshot {snapshot}: chunk {chunk} is corrupt: {problem}; delete the snapshot (`podsnap repo rm`) and take a new one"
+    )]
     CorruptChunk {
         /// The snapshot id.
         snapshot: String,
@@ -84,7 +100,9 @@ pub enum RepoError {
     #[error("{0}")]
     Invalid(String),
     /// A concurrent garbage collection removed a chunk this write reused.
-    #[error("snapshot {snapshot}: chunk {chunk} was removed by a concurrent garbage collection while the snapshot was written; nothing was committed, write the snapshot again")]
+    #[error(
+        "snapshot {snapshot}: chunk {chunk} was removed by a concurrent garbage collection while the snapshot was written; nothing was committed, write the snapshot again"
+    )]
     ChunkCollected {
         /// The snapshot id.
         snapshot: String,

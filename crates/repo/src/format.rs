@@ -86,16 +86,24 @@ impl Serialize for ChunkId {
 impl<'de> Deserialize<'de> for ChunkId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Self::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a chunk id (64 hex digits)")))
+        Self::from_hex(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{text}` is not a chunk id (64 hex digits)"))
+        })
     }
 }
 
 /// Encodes plain chunk content into a chunk object: header, then the payload compressed with
 /// zstd at `level` (kept raw when that does not save at least 1/32), then encrypted when a key
 /// is given.
-pub fn encode_chunk(id: &ChunkId, plain: &[u8], level: i32, key: Option<&EncryptionKey>) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(plain, level).ok().filter(|c| c.len() < plain.len() - plain.len() / 32);
+pub fn encode_chunk(
+    id: &ChunkId,
+    plain: &[u8],
+    level: i32,
+    key: Option<&EncryptionKey>,
+) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(plain, level)
+        .ok()
+        .filter(|c| c.len() < plain.len() - plain.len() / 32);
     let (codec, payload): (u8, &[u8]) = match &compressed {
         Some(c) => (CODEC_ZSTD, c),
         None => (CODEC_RAW, plain),
@@ -115,7 +123,13 @@ pub fn encode_chunk(id: &ChunkId, plain: &[u8], level: i32, key: Option<&Encrypt
             let cipher = XChaCha20Poly1305::new(key.cipher_key().into());
             let aad = chunk_aad(&header, id);
             let sealed = cipher
-                .encrypt(XNonce::from_slice(&nonce), Payload { msg: payload, aad: &aad })
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: payload,
+                        aad: &aad,
+                    },
+                )
                 .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
             out.extend_from_slice(&nonce);
             out.extend_from_slice(&sealed);
@@ -152,23 +166,33 @@ pub enum ChunkDecodeError {
 
 /// Decodes and verifies a chunk object: the result is exactly the plain content whose id is
 /// `id`, or an error.
-pub fn decode_chunk(id: &ChunkId, object: &[u8], key: Option<&EncryptionKey>) -> Result<Vec<u8>, ChunkDecodeError> {
+pub fn decode_chunk(
+    id: &ChunkId,
+    object: &[u8],
+    key: Option<&EncryptionKey>,
+) -> Result<Vec<u8>, ChunkDecodeError> {
     if object.len() < CHUNK_HEADER_LEN {
         return Err(ChunkDecodeError::Malformed(format!(
             "it is {} bytes long, shorter than a chunk header (truncated)",
             object.len()
         )));
     }
-    let header: [u8; CHUNK_HEADER_LEN] = object[..CHUNK_HEADER_LEN].try_into().expect("length checked");
+    let header: [u8; CHUNK_HEADER_LEN] = object[..CHUNK_HEADER_LEN]
+        .try_into()
+        .expect("length checked");
     if &header[..4] != CHUNK_MAGIC {
-        return Err(ChunkDecodeError::Malformed("it does not start with a chunk header".into()));
+        return Err(ChunkDecodeError::Malformed(
+            "it does not start with a chunk header".into(),
+        ));
     }
     if header[4] != CHUNK_VERSION {
         return Err(ChunkDecodeError::Version(header[4]));
     }
     let plain_len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
     if plain_len > MAX_CHUNK_BYTES {
-        return Err(ChunkDecodeError::Malformed(format!("it claims {plain_len} bytes, more than a chunk may hold")));
+        return Err(ChunkDecodeError::Malformed(format!(
+            "it claims {plain_len} bytes, more than a chunk may hold"
+        )));
     }
     let encrypted = header[6] & FLAG_ENCRYPTED != 0;
     let body = &object[CHUNK_HEADER_LEN..];
@@ -177,13 +201,21 @@ pub fn decode_chunk(id: &ChunkId, object: &[u8], key: Option<&EncryptionKey>) ->
         (false, None) => body,
         (true, Some(key)) => {
             if body.len() < NONCE_LEN + 16 {
-                return Err(ChunkDecodeError::Malformed("the encrypted payload is truncated".into()));
+                return Err(ChunkDecodeError::Malformed(
+                    "the encrypted payload is truncated".into(),
+                ));
             }
             let (nonce, sealed) = body.split_at(NONCE_LEN);
             let cipher = XChaCha20Poly1305::new(key.cipher_key().into());
             let aad = chunk_aad(&header, id);
             opened = cipher
-                .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| ChunkDecodeError::Decrypt)?;
             &opened
         }
@@ -200,9 +232,14 @@ pub fn decode_chunk(id: &ChunkId, object: &[u8], key: Option<&EncryptionKey>) ->
     };
     let plain = match header[5] {
         CODEC_RAW => payload.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(payload, plain_len)
-            .map_err(|e| ChunkDecodeError::Malformed(format!("zstd data does not decompress: {e}")))?,
-        other => return Err(ChunkDecodeError::Malformed(format!("unknown codec {other}"))),
+        CODEC_ZSTD => zstd::bulk::decompress(payload, plain_len).map_err(|e| {
+            ChunkDecodeError::Malformed(format!("zstd data does not decompress: {e}"))
+        })?,
+        other => {
+            return Err(ChunkDecodeError::Malformed(format!(
+                "unknown codec {other}"
+            )));
+        }
     };
     if plain.len() != plain_len {
         return Err(ChunkDecodeError::Malformed(format!(
@@ -251,12 +288,16 @@ impl Chunking {
         match *self {
             Self::Fixed { size } => {
                 if size == 0 || size % 4096 != 0 || size as usize > MAX_CHUNK_BYTES {
-                    return Err(format!("fixed chunk size {size} must be a non-zero multiple of 4096 of at most 64 MiB"));
+                    return Err(format!(
+                        "fixed chunk size {size} must be a non-zero multiple of 4096 of at most 64 MiB"
+                    ));
                 }
             }
             Self::Cdc { min, avg, max } => {
                 if !(64..=avg).contains(&min) || avg > max || max as usize > MAX_CHUNK_BYTES {
-                    return Err(format!("CDC sizes {min}/{avg}/{max} must satisfy 64 <= min <= avg <= max <= 64 MiB"));
+                    return Err(format!(
+                        "CDC sizes {min}/{avg}/{max} must satisfy 64 <= min <= avg <= max <= 64 MiB"
+                    ));
                 }
             }
         }
@@ -290,6 +331,20 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The chunk holding byte `offset`: for fixed chunking a division (the page-fault path), for
+    /// content-defined chunking a binary search. `None` past the end.
+    pub fn chunk_index_of(&self, offset: u64) -> Option<usize> {
+        if offset >= self.size {
+            return None;
+        }
+        match self.chunking {
+            Chunking::Fixed { size } => Some((offset / u64::from(size)) as usize),
+            Chunking::Cdc { .. } => {
+                Some(self.offsets().partition_point(|&start| start <= offset) - 1)
+            }
+        }
+    }
+
     /// The byte offset where each chunk starts.
     pub fn offsets(&self) -> Vec<u64> {
         let mut at = 0u64;
@@ -372,12 +427,17 @@ impl Manifest {
             object: object.to_owned(),
             problem,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON ({e}); the object may be truncated")))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("not JSON ({e}); the object may be truncated")))?;
         if value.get("format").and_then(|f| f.as_str()) != Some(MANIFEST_FORMAT) {
-            return Err(corrupt(format!("it is not a podsnap manifest (`format` is not `{MANIFEST_FORMAT}`)")));
+            return Err(corrupt(format!(
+                "it is not a podsnap manifest (`format` is not `{MANIFEST_FORMAT}`)"
+            )));
         }
-        let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
+        let version = value
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as u32;
         if version != MANIFEST_VERSION {
             return Err(crate::RepoError::UnsupportedVersion {
                 object: object.to_owned(),
@@ -385,12 +445,16 @@ impl Manifest {
                 supported: MANIFEST_VERSION,
             });
         }
-        let manifest: Self = serde_json::from_value(value).map_err(|e| corrupt(format!("invalid field: {e}")))?;
+        let manifest: Self =
+            serde_json::from_value(value).map_err(|e| corrupt(format!("invalid field: {e}")))?;
         if manifest.digest != manifest.compute_digest() {
             return Err(corrupt("its digest does not match its content".into()));
         }
         for stream in &manifest.streams {
-            stream.chunking.validate().map_err(|e| corrupt(format!("stream {}: {e}", stream.name)))?;
+            stream
+                .chunking
+                .validate()
+                .map_err(|e| corrupt(format!("stream {}: {e}", stream.name)))?;
             let total: u64 = stream.chunks.iter().map(|c| u64::from(c.len)).sum();
             if total != stream.size {
                 return Err(corrupt(format!(
@@ -418,11 +482,15 @@ pub fn validate_snapshot_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("`{id}` is not a valid snapshot id: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`"))
+        Err(format!(
+            "`{id}` is not a valid snapshot id: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`"
+        ))
     }
 }
 
@@ -434,12 +502,16 @@ pub fn validate_stream_name(name: &str) -> Result<(), String> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                && seg.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
         });
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` is not a valid stream name: use lower-case segments like `memory/pages`"))
+        Err(format!(
+            "`{name}` is not a valid stream name: use lower-case segments like `memory/pages`"
+        ))
     }
 }
 
@@ -491,20 +563,44 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(decode_chunk(&id, &flipped, None).is_err());
-        assert!(matches!(decode_chunk(&id, &object[..object.len() / 2], None), Err(ChunkDecodeError::Malformed(_))));
-        assert!(matches!(decode_chunk(&id, &object[..5], None), Err(ChunkDecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_chunk(&id, &object[..object.len() / 2], None),
+            Err(ChunkDecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_chunk(&id, &object[..5], None),
+            Err(ChunkDecodeError::Malformed(_))
+        ));
         let mut newer = object.clone();
         newer[4] = 9;
-        assert_eq!(decode_chunk(&id, &newer, None), Err(ChunkDecodeError::Version(9)));
+        assert_eq!(
+            decode_chunk(&id, &newer, None),
+            Err(ChunkDecodeError::Version(9))
+        );
         let other_id = ChunkId::of(b"else", None);
-        assert_eq!(decode_chunk(&other_id, &object, None), Err(ChunkDecodeError::HashMismatch));
+        assert_eq!(
+            decode_chunk(&other_id, &object, None),
+            Err(ChunkDecodeError::HashMismatch)
+        );
         let sealed_id = ChunkId::of(&data, Some(&key));
         let sealed = encode_chunk(&sealed_id, &data, 3, Some(&key));
-        assert_eq!(decode_chunk(&sealed_id, &sealed, Some(&other)), Err(ChunkDecodeError::Decrypt));
-        assert!(matches!(decode_chunk(&sealed_id, &sealed, None), Err(ChunkDecodeError::KeyMismatch(_))));
-        assert!(matches!(decode_chunk(&id, &object, Some(&key)), Err(ChunkDecodeError::KeyMismatch(_))));
+        assert_eq!(
+            decode_chunk(&sealed_id, &sealed, Some(&other)),
+            Err(ChunkDecodeError::Decrypt)
+        );
+        assert!(matches!(
+            decode_chunk(&sealed_id, &sealed, None),
+            Err(ChunkDecodeError::KeyMismatch(_))
+        ));
+        assert!(matches!(
+            decode_chunk(&id, &object, Some(&key)),
+            Err(ChunkDecodeError::KeyMismatch(_))
+        ));
         // An encrypted object moved to another id's place fails authentication.
-        assert_eq!(decode_chunk(&other_id, &sealed, Some(&key)), Err(ChunkDecodeError::Decrypt));
+        assert_eq!(
+            decode_chunk(&other_id, &sealed, Some(&key)),
+            Err(ChunkDecodeError::Decrypt)
+        );
     }
 
     #[test]
@@ -530,22 +626,73 @@ mod tests {
                 name: "memory/pages".into(),
                 chunking: Chunking::MEMORY,
                 size: 8192,
-                chunks: vec![ChunkRef { id: None, len: 4096 }, ChunkRef { id: Some(ChunkId::of(b"a", None)), len: 4096 }],
+                chunks: vec![
+                    ChunkRef {
+                        id: None,
+                        len: 4096,
+                    },
+                    ChunkRef {
+                        id: Some(ChunkId::of(b"a", None)),
+                        len: 4096,
+                    },
+                ],
             }],
             digest: String::new(),
         };
         let bytes = manifest.to_bytes();
         let back = Manifest::from_bytes("m", &bytes).unwrap();
         assert_eq!(back.streams, manifest.streams);
-        let tampered = String::from_utf8(bytes.clone()).unwrap().replace("8192", "8193");
+        let tampered = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("8192", "8193");
         assert!(Manifest::from_bytes("m", tampered.as_bytes()).is_err());
-        let newer = String::from_utf8(bytes.clone()).unwrap().replace("\"version\": 1", "\"version\": 2");
+        let newer = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 2");
         assert!(matches!(
             Manifest::from_bytes("m", newer.as_bytes()),
             Err(crate::RepoError::UnsupportedVersion { found: 2, .. })
         ));
         assert!(Manifest::from_bytes("m", &bytes[..bytes.len() / 2]).is_err());
         assert!(Manifest::from_bytes("m", b"{\"format\": \"other\"}").is_err());
+    }
+
+    #[test]
+    fn offsets_map_to_chunks() {
+        let id = Some(ChunkId::of(b"a", None));
+        let fixed = Stream {
+            name: "m".into(),
+            chunking: Chunking::Fixed { size: 8192 },
+            size: 8192 * 2 + 100,
+            chunks: vec![
+                ChunkRef { id, len: 8192 },
+                ChunkRef {
+                    id: None,
+                    len: 8192,
+                },
+                ChunkRef { id, len: 100 },
+            ],
+        };
+        let at = |o| fixed.chunk_index_of(o);
+        assert_eq!(
+            (at(0), at(8191), at(8192), at(16_483), at(16_484)),
+            (Some(0), Some(0), Some(1), Some(2), None)
+        );
+        let cdc = Stream {
+            name: "f".into(),
+            chunking: Chunking::FILES,
+            size: 30,
+            chunks: vec![
+                ChunkRef { id, len: 10 },
+                ChunkRef { id, len: 15 },
+                ChunkRef { id, len: 5 },
+            ],
+        };
+        let at = |o| cdc.chunk_index_of(o);
+        assert_eq!(
+            (at(0), at(9), at(10), at(24), at(25), at(29), at(30)),
+            (Some(0), Some(0), Some(1), Some(1), Some(2), Some(2), None)
+        );
     }
 
     #[test]
@@ -559,6 +706,14 @@ mod tests {
         assert!(Chunking::MEMORY.validate().is_ok());
         assert!(Chunking::FILES.validate().is_ok());
         assert!(Chunking::Fixed { size: 1000 }.validate().is_err());
-        assert!(Chunking::Cdc { min: 10, avg: 5, max: 1 }.validate().is_err());
+        assert!(
+            Chunking::Cdc {
+                min: 10,
+                avg: 5,
+                max: 1
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -93,7 +93,8 @@ mod tests {
     fn hex_and_raw_forms_are_the_same_key() {
         let secret = [7u8; 32];
         let from_raw = EncryptionKey::parse(&secret).unwrap();
-        let from_hex = EncryptionKey::parse(format!("{}\n", hex::encode(secret)).as_bytes()).unwrap();
+        let from_hex =
+            EncryptionKey::parse(format!("{}\n", hex::encode(secret)).as_bytes()).unwrap();
         assert_eq!(from_raw.key_id(), from_hex.key_id());
         assert_ne!(from_raw.cipher_key(), from_raw.id_key());
         assert!(EncryptionKey::parse(b"too short").is_none());

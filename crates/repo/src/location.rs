@@ -123,9 +123,13 @@ pub fn parse_url(url: &str) -> Result<StorageBackends> {
     match scheme {
         "file" => {
             if !path.starts_with('/') {
-                return Err(bad("a file URL needs an absolute path (file:///var/lib/...)"));
+                return Err(bad(
+                    "a file URL needs an absolute path (file:///var/lib/...)",
+                ));
             }
-            backends.local = Some(LocalStorage { directory: path.to_owned() });
+            backends.local = Some(LocalStorage {
+                directory: path.to_owned(),
+            });
         }
         "s3" if !first.is_empty() => {
             backends.s3 = Some(S3Storage {
@@ -169,14 +173,20 @@ fn unknown_setting(key: &str, backend: &str) -> RepoError {
 }
 
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> Arc<dyn ObjectStore> {
-    match prefix.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+    match prefix
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => Arc::new(PrefixStore::new(store, StorePath::from(p))),
         None => store,
     }
 }
 
 fn url_with(scheme: &str, bucket: &str, prefix: Option<&str>) -> String {
-    match prefix.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+    match prefix
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => format!("{scheme}://{bucket}/{p}"),
         None => format!("{scheme}://{bucket}"),
     }
@@ -184,8 +194,12 @@ fn url_with(scheme: &str, bucket: &str, prefix: Option<&str>) -> String {
 
 fn open_local(local: &LocalStorage) -> Result<Location> {
     let dir = std::path::Path::new(&local.directory);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| RepoError::io(format!("cannot create the repository directory {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        RepoError::io(
+            format!("cannot create the repository directory {}", dir.display()),
+            e,
+        )
+    })?;
     let store = LocalFileSystem::new_with_prefix(dir).map_err(|source| RepoError::Storage {
         location: format!("file://{}", local.directory),
         operation: "opening the directory".into(),
@@ -236,13 +250,12 @@ fn open_gcs(gcs: &GcsStorage, options: &StoreOptions) -> Result<Location> {
         let parsed = key.parse().map_err(|_| unknown_setting(key, "GCS"))?;
         builder = builder.with_config(parsed, value);
     }
-    let store = builder
-        .build()
-        .map_err(|source| RepoError::Storage {
-            location: url.clone(),
-            operation: "configuring GCS (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)".into(),
-            source,
-        })?;
+    let store = builder.build().map_err(|source| RepoError::Storage {
+        location: url.clone(),
+        operation: "configuring GCS (set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)"
+            .into(),
+        source,
+    })?;
     Ok(Location {
         store: with_prefix(Arc::new(store), gcs.path.as_deref()),
         url,
@@ -251,7 +264,11 @@ fn open_gcs(gcs: &GcsStorage, options: &StoreOptions) -> Result<Location> {
 
 fn open_azure(azure: &AzureStorage, options: &StoreOptions) -> Result<Location> {
     let url = format!("az://{}/{}", azure.account, azure.container)
-        + &azure.path.as_deref().map(|p| format!("/{p}")).unwrap_or_default();
+        + &azure
+            .path
+            .as_deref()
+            .map(|p| format!("/{p}"))
+            .unwrap_or_default();
     let mut builder = MicrosoftAzureBuilder::from_env()
         .with_account(&azure.account)
         .with_container_name(&azure.container)
@@ -261,13 +278,11 @@ fn open_azure(azure: &AzureStorage, options: &StoreOptions) -> Result<Location> 
         let parsed = key.parse().map_err(|_| unknown_setting(key, "Azure"))?;
         builder = builder.with_config(parsed, value);
     }
-    let store = builder
-        .build()
-        .map_err(|source| RepoError::Storage {
-            location: url.clone(),
-            operation: "configuring Azure (set AZURE_STORAGE_ACCESS_KEY or another credential)".into(),
-            source,
-        })?;
+    let store = builder.build().map_err(|source| RepoError::Storage {
+        location: url.clone(),
+        operation: "configuring Azure (set AZURE_STORAGE_ACCESS_KEY or another credential)".into(),
+        source,
+    })?;
     Ok(Location {
         store: with_prefix(Arc::new(store), azure.path.as_deref()),
         url,
@@ -282,21 +297,34 @@ mod tests {
     fn urls_name_their_backend() {
         let b = parse_url("file:///var/lib/podsnap").unwrap();
         assert_eq!(b.local.unwrap().directory, "/var/lib/podsnap");
-        let b = parse_url("s3://bucket/snap/prod?endpoint=http://127.0.0.1:9000&region=eu-west-1").unwrap();
+        let b = parse_url("s3://bucket/snap/prod?endpoint=http://127.0.0.1:9000&region=eu-west-1")
+            .unwrap();
         let s3 = b.s3.unwrap();
-        assert_eq!((s3.bucket.as_str(), s3.path.as_deref()), ("bucket", Some("snap/prod")));
+        assert_eq!(
+            (s3.bucket.as_str(), s3.path.as_deref()),
+            ("bucket", Some("snap/prod"))
+        );
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
         let b = parse_url("gs://b").unwrap();
         assert_eq!(b.gcs.unwrap().path, None);
         let b = parse_url("az://acct/cont/x/y").unwrap();
         let az = b.azure.unwrap();
-        assert_eq!((az.container.as_str(), az.path.as_deref()), ("cont", Some("x/y")));
+        assert_eq!(
+            (az.container.as_str(), az.path.as_deref()),
+            ("cont", Some("x/y"))
+        );
     }
 
     #[test]
     fn bad_urls_say_what_is_accepted() {
-        for url in ["/tmp/x", "file://relative", "s3://", "ftp://x/y", "az://acct"] {
+        for url in [
+            "/tmp/x",
+            "file://relative",
+            "s3://",
+            "ftp://x/y",
+            "az://acct",
+        ] {
             let err = parse_url(url).unwrap_err().to_string();
             assert!(err.contains("file:///DIR"), "{url}: {err}");
         }

@@ -57,24 +57,30 @@ impl Snapshot {
 
     /// The stream called `name`.
     pub fn stream(&self, name: &str) -> Result<&Stream> {
-        self.manifest.stream(name).ok_or_else(|| RepoError::StreamNotFound {
-            snapshot: self.id().to_owned(),
-            stream: name.to_owned(),
-            available: self
-                .manifest
-                .streams
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        self.manifest
+            .stream(name)
+            .ok_or_else(|| RepoError::StreamNotFound {
+                snapshot: self.id().to_owned(),
+                stream: name.to_owned(),
+                available: self
+                    .manifest
+                    .streams
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The plain bytes of chunk `index` of stream `name`, verified.
     pub async fn chunk(&self, name: &str, index: usize) -> Result<Vec<u8>> {
         let stream = self.stream(name)?;
         let chunk = stream.chunks.get(index).ok_or_else(|| {
-            RepoError::Invalid(format!("stream {name} has {} chunks, not {}", stream.chunks.len(), index + 1))
+            RepoError::Invalid(format!(
+                "stream {name} has {} chunks, not {}",
+                stream.chunks.len(),
+                index + 1
+            ))
         })?;
         self.fetch(chunk).await
     }
@@ -88,9 +94,15 @@ impl Snapshot {
 
     /// Writes stream `name` into the file at `path` (created or truncated), fetching chunks in
     /// parallel and writing each at its offset; zero chunks stay holes.
-    pub async fn read_stream_to_file(&self, name: &str, path: &Path, progress: &dyn Progress) -> Result<ReadStats> {
+    pub async fn read_stream_to_file(
+        &self,
+        name: &str,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<ReadStats> {
         let stream = self.stream(name)?.clone();
-        let file = File::create(path).map_err(|e| RepoError::io(format!("cannot create {}", path.display()), e))?;
+        let file = File::create(path)
+            .map_err(|e| RepoError::io(format!("cannot create {}", path.display()), e))?;
         file.set_len(stream.size)
             .map_err(|e| RepoError::io(format!("cannot size {}", path.display()), e))?;
         let file = Arc::new(file);
@@ -119,7 +131,8 @@ impl Snapshot {
             .try_collect()
             .await?;
         progress.finish();
-        file.sync_data().map_err(|e| RepoError::io(format!("flushing {}", path.display()), e))?;
+        file.sync_data()
+            .map_err(|e| RepoError::io(format!("flushing {}", path.display()), e))?;
         let fetched = stats.iter().filter(|f| **f).count() as u64;
         Ok(ReadStats {
             bytes: stream.size,
@@ -139,12 +152,15 @@ impl Snapshot {
         let stream = self.stream(name)?.clone();
         progress.start(&format!("reading {name}"), Some(stream.size));
         let concurrency = self.repo.inner.options.concurrency.max(1);
-        let mut chunks = futures::stream::iter(stream.chunks.iter()).map(|c| self.fetch(c)).buffered(concurrency);
+        let mut chunks = futures::stream::iter(stream.chunks.iter())
+            .map(|c| self.fetch(c))
+            .buffered(concurrency);
         let mut stats = ReadStats::default();
         let mut index = 0;
         while let Some(data) = chunks.next().await {
             let data = data?;
-            out.write_all(&data).map_err(|e| RepoError::io("writing the stream", e))?;
+            out.write_all(&data)
+                .map_err(|e| RepoError::io("writing the stream", e))?;
             progress.advance(data.len() as u64);
             stats.bytes += data.len() as u64;
             if stream.chunks[index].id.is_some() {
@@ -166,7 +182,7 @@ impl Snapshot {
             return Ok(Vec::new());
         }
         let offsets = stream.offsets();
-        let first = offsets.partition_point(|&start| start <= offset) - 1;
+        let first = stream.chunk_index_of(offset).unwrap_or(0);
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (index, chunk) in stream.chunks.iter().enumerate().skip(first) {
             let start = offsets[index];
@@ -186,7 +202,12 @@ impl Snapshot {
     /// moves a chunk ahead of the background order.
     pub fn fetcher(&self, name: &str, workers: usize, sink: Sink) -> Result<PriorityFetcher> {
         let stream = self.stream(name)?;
-        Ok(PriorityFetcher::start(self.clone(), stream.chunks.clone(), workers.max(1), sink))
+        Ok(PriorityFetcher::start(
+            self.clone(),
+            stream.chunks.clone(),
+            workers.max(1),
+            sink,
+        ))
     }
 }
 
@@ -277,7 +298,9 @@ impl PriorityFetcher {
             let notified = self.shared.done.notified();
             {
                 let state = self.shared.state.lock().expect("fetch lock");
-                if let Some(Slot::Failed(e)) = state.slots.iter().find(|s| matches!(s, Slot::Failed(_))) {
+                if let Some(Slot::Failed(e)) =
+                    state.slots.iter().find(|s| matches!(s, Slot::Failed(_)))
+                {
                     return Err(RepoError::Shared(Arc::clone(e)));
                 }
                 if state.remaining == 0 {
@@ -294,7 +317,11 @@ async fn worker(shared: Arc<FetchShared>) {
         let next = {
             let mut state = shared.state.lock().expect("fetch lock");
             let mut pick = None;
-            while let Some(i) = state.urgent.pop_front().or_else(|| state.background.pop_front()) {
+            while let Some(i) = state
+                .urgent
+                .pop_front()
+                .or_else(|| state.background.pop_front())
+            {
                 if let Slot::Waiting(waiters) = &mut state.slots[i] {
                     let waiters = std::mem::take(waiters);
                     state.slots[i] = Slot::InFlight(waiters);

@@ -105,7 +105,11 @@ impl std::fmt::Debug for Repository {
 impl Repository {
     /// A handle on the repository at `location`. Nothing is read yet: readers check the
     /// repository config when they first need it, writers create it.
-    pub fn new(location: Location, key: Option<EncryptionKey>, options: RepoOptions) -> Result<Self> {
+    pub fn new(
+        location: Location,
+        key: Option<EncryptionKey>,
+        options: RepoOptions,
+    ) -> Result<Self> {
         let cache = match &options.cache {
             Some((dir, capacity)) => Some(ChunkCache::open(dir.clone(), *capacity)?),
             None => None,
@@ -140,7 +144,11 @@ impl Repository {
     /// Reads the repository config; [`RepoError::NoRepository`] when there is none, and a key
     /// error when the handle's key does not fit.
     pub async fn config(&self) -> Result<RepoConfig> {
-        let bytes = match self.inner.get(&layout::config(), "reading the repository config").await {
+        let bytes = match self
+            .inner
+            .get(&layout::config(), "reading the repository config")
+            .await
+        {
             Ok(bytes) => bytes,
             Err(RepoError::Storage {
                 source: object_store::Error::NotFound { .. },
@@ -148,10 +156,11 @@ impl Repository {
             }) => return Err(RepoError::NoRepository(self.url().to_owned())),
             Err(e) => return Err(e),
         };
-        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|e| RepoError::Corrupt {
-            object: format!("{}/{}", self.url(), layout::config()),
-            problem: format!("not a repository config ({e})"),
-        })?;
+        let config: RepoConfig =
+            serde_json::from_slice(&bytes).map_err(|e| RepoError::Corrupt {
+                object: format!("{}/{}", self.url(), layout::config()),
+                problem: format!("not a repository config ({e})"),
+            })?;
         if config.format != REPO_FORMAT {
             return Err(RepoError::Corrupt {
                 object: format!("{}/{}", self.url(), layout::config()),
@@ -201,8 +210,16 @@ impl Repository {
             key_id: self.inner.key.as_ref().map(|k| k.key_id().to_owned()),
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
-        match self.inner.put_create(&layout::config(), body.into(), "creating the repository").await {
-            Ok(()) | Err(RepoError::Storage { source: object_store::Error::AlreadyExists { .. }, .. }) => {}
+        match self
+            .inner
+            .put_create(&layout::config(), body.into(), "creating the repository")
+            .await
+        {
+            Ok(())
+            | Err(RepoError::Storage {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {}
             Err(e) => return Err(e),
         }
         self.config().await
@@ -215,7 +232,10 @@ impl Repository {
         let path = layout::manifest(snapshot);
         let bytes = match self.inner.get(&path, "reading a manifest").await {
             Ok(bytes) => bytes,
-            Err(RepoError::Storage { source: object_store::Error::NotFound { .. }, .. }) => {
+            Err(RepoError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
                 return Err(RepoError::SnapshotNotFound {
                     snapshot: snapshot.to_owned(),
                     location: self.url().to_owned(),
@@ -233,7 +253,10 @@ impl Repository {
         if manifest.snapshot_id != snapshot {
             return Err(RepoError::Corrupt {
                 object: format!("{}/{path}", self.url()),
-                problem: format!("it describes snapshot {}, not {snapshot}", manifest.snapshot_id),
+                problem: format!(
+                    "it describes snapshot {}, not {snapshot}",
+                    manifest.snapshot_id
+                ),
             });
         }
         let have = self.inner.key.as_ref().map(|k| k.key_id().to_owned());
@@ -265,7 +288,11 @@ impl Inner {
         result.map_err(|e| self.storage_error(format!("{what} ({path})"), e))
     }
 
-    pub(crate) async fn head(&self, path: &Path, what: &str) -> Result<Option<object_store::ObjectMeta>> {
+    pub(crate) async fn head(
+        &self,
+        path: &Path,
+        what: &str,
+    ) -> Result<Option<object_store::ObjectMeta>> {
         match self.location.store.head(path).await {
             Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -307,13 +334,19 @@ impl Inner {
     }
 
     /// Fetches, verifies and decodes one chunk of `snapshot`, through the node cache.
-    pub(crate) async fn fetch_chunk(self: &Arc<Self>, snapshot: &str, id: ChunkId) -> Result<Vec<u8>> {
+    pub(crate) async fn fetch_chunk(
+        self: &Arc<Self>,
+        snapshot: &str,
+        id: ChunkId,
+    ) -> Result<Vec<u8>> {
         let object = match &self.cache {
             Some(cache) => {
                 let me = Arc::clone(self);
                 let snapshot_owned = snapshot.to_owned();
                 let (object, hit) = cache
-                    .get_or_fetch(id, move || async move { me.fetch_object(&snapshot_owned, id).await })
+                    .get_or_fetch(id, move || async move {
+                        me.fetch_object(&snapshot_owned, id).await
+                    })
                     .await?;
                 if hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -335,13 +368,21 @@ impl Inner {
 
     async fn fetch_object(&self, snapshot: &str, id: ChunkId) -> Result<Bytes> {
         let path = layout::chunk(&id);
-        match self.get(&path, &format!("reading a chunk of snapshot {snapshot}")).await {
+        match self
+            .get(&path, &format!("reading a chunk of snapshot {snapshot}"))
+            .await
+        {
             Ok(bytes) => {
                 self.stats.store_gets.fetch_add(1, Ordering::Relaxed);
-                self.stats.store_get_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .store_get_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(bytes)
             }
-            Err(RepoError::Storage { source: object_store::Error::NotFound { .. }, .. }) => Err(RepoError::MissingChunk {
+            Err(RepoError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Err(RepoError::MissingChunk {
                 snapshot: snapshot.to_owned(),
                 chunk: format!("{}/{path}", self.location.url),
             }),
@@ -351,9 +392,10 @@ impl Inner {
 
     async fn decode(&self, snapshot: &str, id: ChunkId, object: Bytes) -> Result<Vec<u8>> {
         let key = self.key.clone();
-        let decoded = tokio::task::spawn_blocking(move || format::decode_chunk(&id, &object, key.as_ref()))
-            .await
-            .map_err(|e| RepoError::Task(e.to_string()))?;
+        let decoded =
+            tokio::task::spawn_blocking(move || format::decode_chunk(&id, &object, key.as_ref()))
+                .await
+                .map_err(|e| RepoError::Task(e.to_string()))?;
         decoded.map_err(|e| RepoError::CorruptChunk {
             snapshot: snapshot.to_owned(),
             chunk: format!("{}/{}", self.location.url, layout::chunk(&id)),

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::error::{RepoError, Result};
 use crate::format::{
-    self, ChunkId, ChunkRef, Chunking, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, SnapshotMetadata, Stream,
+    self, ChunkId, ChunkRef, Chunking, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest,
+    SnapshotMetadata, Stream,
 };
 use crate::layout;
 use crate::progress::Progress;
@@ -96,10 +97,19 @@ enum Outcome {
 
 impl Repository {
     /// Starts writing snapshot `id`. Fails if it exists already.
-    pub async fn begin_snapshot(&self, id: &str, metadata: SnapshotMetadata) -> Result<SnapshotWriter> {
+    pub async fn begin_snapshot(
+        &self,
+        id: &str,
+        metadata: SnapshotMetadata,
+    ) -> Result<SnapshotWriter> {
         format::validate_snapshot_id(id).map_err(RepoError::Invalid)?;
         self.ensure_config().await?;
-        if self.inner.head(&layout::manifest(id), "checking for the snapshot").await?.is_some() {
+        if self
+            .inner
+            .head(&layout::manifest(id), "checking for the snapshot")
+            .await?
+            .is_some()
+        {
             return Err(RepoError::SnapshotExists(id.to_owned()));
         }
         let started = jiff::Timestamp::now();
@@ -108,7 +118,9 @@ impl Repository {
             started_at: started.to_string(),
         };
         let body = serde_json::to_vec(&marker).expect("marker serialises");
-        self.inner.put(&layout::pending(id), body.into(), "registering the write").await?;
+        self.inner
+            .put(&layout::pending(id), body.into(), "registering the write")
+            .await?;
         Ok(SnapshotWriter {
             repo: self.clone(),
             id: id.to_owned(),
@@ -145,7 +157,10 @@ impl SnapshotWriter {
         format::validate_stream_name(name).map_err(RepoError::Invalid)?;
         chunking.validate().map_err(RepoError::Invalid)?;
         if self.streams.iter().any(|s| s.name == name) {
-            return Err(RepoError::Invalid(format!("snapshot {} already has a stream named {name}", self.id)));
+            return Err(RepoError::Invalid(format!(
+                "snapshot {} already has a stream named {name}",
+                self.id
+            )));
         }
         let inner = Arc::clone(&self.repo.inner);
         let concurrency = inner.options.concurrency.max(1);
@@ -155,21 +170,27 @@ impl SnapshotWriter {
             .spawn(move || cut_into_chunks(source, chunking, tx))
             .map_err(|e| RepoError::io("cannot start the chunker thread", e))?;
         progress.start(&format!("writing {name}"), size_hint);
-        let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
         let snapshot = self.id.clone();
         let outcomes: Vec<Outcome> = chunks
             .map(|item| {
                 let inner = Arc::clone(&inner);
                 let snapshot = snapshot.clone();
                 async move {
-                    let data = item.map_err(|e| RepoError::io(format!("reading the data of snapshot {snapshot}"), e))?;
+                    let data = item.map_err(|e| {
+                        RepoError::io(format!("reading the data of snapshot {snapshot}"), e)
+                    })?;
                     store_chunk(&inner, data).await
                 }
             })
             .buffered(concurrency)
             .inspect_ok(|o| {
                 progress.advance(match o {
-                    Outcome::Zero(len) | Outcome::New(_, len, _) | Outcome::Reused(_, len) => u64::from(*len),
+                    Outcome::Zero(len) | Outcome::New(_, len, _) | Outcome::Reused(_, len) => {
+                        u64::from(*len)
+                    }
                 })
             })
             .try_collect()
@@ -218,13 +239,18 @@ impl SnapshotWriter {
         if self.sweep_overlapped().await? {
             let checks: Vec<(ChunkId, bool)> = futures::stream::iter(self.reused.iter().copied())
                 .map(|id| async move {
-                    let found = inner.head(&layout::chunk(&id), "checking a reused chunk").await?;
+                    let found = inner
+                        .head(&layout::chunk(&id), "checking a reused chunk")
+                        .await?;
                     Ok::<_, RepoError>((id, found.is_some()))
                 })
                 .buffer_unordered(32)
                 .try_collect()
                 .await?;
-            let missing = checks.into_iter().find(|(_, found)| !found).map(|(id, _)| id);
+            let missing = checks
+                .into_iter()
+                .find(|(_, found)| !found)
+                .map(|(id, _)| id);
             if let Some(id) = missing {
                 self.abort().await?;
                 return Err(RepoError::ChunkCollected {
@@ -244,35 +270,63 @@ impl SnapshotWriter {
             digest: String::new(),
         };
         let bytes = manifest.to_bytes();
-        match inner.put_create(&layout::manifest(&self.id), PutPayload::from(bytes.clone()), "writing the manifest").await {
+        match inner
+            .put_create(
+                &layout::manifest(&self.id),
+                PutPayload::from(bytes.clone()),
+                "writing the manifest",
+            )
+            .await
+        {
             Ok(()) => {}
-            Err(RepoError::Storage { source: object_store::Error::AlreadyExists { .. }, .. }) => {
+            Err(RepoError::Storage {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {
                 return Err(RepoError::SnapshotExists(self.id.clone()));
             }
             Err(e) => return Err(e),
         }
-        inner.delete(&layout::pending(&self.id), "removing the write marker").await?;
+        inner
+            .delete(&layout::pending(&self.id), "removing the write marker")
+            .await?;
         Manifest::from_bytes(&self.id, &bytes)
     }
 
     /// Gives up: removes the write marker; uploaded chunks are left for `gc`.
     pub async fn abort(&self) -> Result<()> {
-        self.repo.inner.delete(&layout::pending(&self.id), "removing the write marker").await
+        self.repo
+            .inner
+            .delete(&layout::pending(&self.id), "removing the write marker")
+            .await
     }
 
     async fn sweep_overlapped(&self) -> Result<bool> {
         let inner = &self.repo.inner;
-        let record = match inner.get(&layout::last_sweep(), "reading the sweep record").await {
+        let record = match inner
+            .get(&layout::last_sweep(), "reading the sweep record")
+            .await
+        {
             Ok(bytes) => serde_json::from_slice::<SweepRecord>(&bytes).ok(),
-            Err(RepoError::Storage { source: object_store::Error::NotFound { .. }, .. }) => return Ok(false),
+            Err(RepoError::Storage {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let Some(record) = record else { return Ok(true) };
+        let Some(record) = record else {
+            return Ok(true);
+        };
         let since = self.started - jiff::SignedDuration::try_from(CLOCK_MARGIN).unwrap_or_default();
-        Ok(match record.finished_at.and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
-            None => true,
-            Some(finished) => finished >= since,
-        })
+        Ok(
+            match record
+                .finished_at
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            {
+                None => true,
+                Some(finished) => finished >= since,
+            },
+        )
     }
 }
 
@@ -290,7 +344,9 @@ async fn store_chunk(inner: &Arc<Inner>, data: Vec<u8>) -> Result<Outcome> {
     .await
     .map_err(|e| RepoError::Task(e.to_string()))?;
     let len = data.len() as u32;
-    let Some(id) = id else { return Ok(Outcome::Zero(len)) };
+    let Some(id) = id else {
+        return Ok(Outcome::Zero(len));
+    };
     if inner.known.lock().expect("known lock").contains(&id) {
         return Ok(Outcome::Reused(id, len));
     }
@@ -301,17 +357,27 @@ async fn store_chunk(inner: &Arc<Inner>, data: Vec<u8>) -> Result<Outcome> {
     }
     let key = inner.key.clone();
     let level = inner.options.zstd_level;
-    let object = tokio::task::spawn_blocking(move || format::encode_chunk(&id, &data, level, key.as_ref()))
-        .await
-        .map_err(|e| RepoError::Task(e.to_string()))?;
+    let object =
+        tokio::task::spawn_blocking(move || format::encode_chunk(&id, &data, level, key.as_ref()))
+            .await
+            .map_err(|e| RepoError::Task(e.to_string()))?;
     let stored = object.len() as u64;
-    let outcome = match inner.put_create(&path, PutPayload::from(object), "uploading a chunk").await {
+    let outcome = match inner
+        .put_create(&path, PutPayload::from(object), "uploading a chunk")
+        .await
+    {
         Ok(()) => {
             inner.stats.store_puts.fetch_add(1, Ordering::Relaxed);
-            inner.stats.store_put_bytes.fetch_add(stored, Ordering::Relaxed);
+            inner
+                .stats
+                .store_put_bytes
+                .fetch_add(stored, Ordering::Relaxed);
             Outcome::New(id, len, stored)
         }
-        Err(RepoError::Storage { source: object_store::Error::AlreadyExists { .. }, .. }) => Outcome::Reused(id, len),
+        Err(RepoError::Storage {
+            source: object_store::Error::AlreadyExists { .. },
+            ..
+        }) => Outcome::Reused(id, len),
         Err(e) => return Err(e),
     };
     inner.known.lock().expect("known lock").insert(id);
@@ -325,7 +391,11 @@ fn is_zero(data: &[u8]) -> bool {
 }
 
 /// Runs on a thread: reads `source` and sends its chunks in order.
-fn cut_into_chunks<R: Read>(mut source: R, chunking: Chunking, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+fn cut_into_chunks<R: Read>(
+    mut source: R,
+    chunking: Chunking,
+    tx: mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
     match chunking {
         Chunking::Fixed { size } => loop {
             let mut buf = vec![0u8; size as usize];
@@ -353,7 +423,9 @@ fn cut_into_chunks<R: Read>(mut source: R, chunking: Chunking, tx: mpsc::Sender<
             }
         },
         Chunking::Cdc { min, avg, max } => {
-            for chunk in fastcdc::v2020::StreamCDC::new(source, min as usize, avg as usize, max as usize) {
+            for chunk in
+                fastcdc::v2020::StreamCDC::new(source, min as usize, avg as usize, max as usize)
+            {
                 let item = chunk.map(|c| c.data).map_err(std::io::Error::other);
                 let failed = item.is_err();
                 if tx.blocking_send(item).is_err() || failed {

@@ -31,8 +31,12 @@ async fn s3_server(buckets: &[&str]) -> (String, tempfile::TempDir) {
     tokio::spawn(async move {
         let http = ConnBuilder::new(TokioExecutor::new());
         loop {
-            let Ok((socket, _)) = listener.accept().await else { return };
-            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -69,26 +73,59 @@ async fn snapshots_round_trip_and_dedup_on_s3() {
     let (manifest, first) = write_snapshot(
         &repo,
         "s3-snap",
-        &[("memory/pages", Chunking::MEMORY, memory.clone()), ("rootfs/upper.tar", Chunking::FILES, file.clone())],
+        &[
+            ("memory/pages", Chunking::MEMORY, memory.clone()),
+            ("rootfs/upper.tar", Chunking::FILES, file.clone()),
+        ],
     )
     .await;
     assert_eq!(manifest.total_size(), (memory.len() + file.len()) as u64);
-    assert!(root.path().join("snapshots/prod/node-a/snapshots/s3-snap/manifest.json").exists());
+    assert!(
+        root.path()
+            .join("snapshots/prod/node-a/snapshots/s3-snap/manifest.json")
+            .exists()
+    );
     assert_eq!(read_back(&repo, "s3-snap", "memory/pages").await, memory);
-    assert_eq!(read_back(&s3_repo(&url), "s3-snap", "rootfs/upper.tar").await, file);
+    assert_eq!(
+        read_back(&s3_repo(&url), "s3-snap", "rootfs/upper.tar").await,
+        file
+    );
 
-    let (_, second) = write_snapshot(&s3_repo(&url), "s3-snap-2", &[("memory/pages", Chunking::MEMORY, memory)]).await;
-    assert_eq!(second.new_bytes, 0, "the second snapshot of the same memory uploads nothing");
+    let (_, second) = write_snapshot(
+        &s3_repo(&url),
+        "s3-snap-2",
+        &[("memory/pages", Chunking::MEMORY, memory)],
+    )
+    .await;
+    assert_eq!(
+        second.new_bytes, 0,
+        "the second snapshot of the same memory uploads nothing"
+    );
     assert!(first.new_bytes > 0);
 
     // Create-only manifests: the id cannot be taken twice.
-    let err = repo.begin_snapshot("s3-snap", Default::default()).await.unwrap_err();
+    let err = repo
+        .begin_snapshot("s3-snap", Default::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RepoError::SnapshotExists(_)), "{err}");
-    let ids: Vec<String> = repo.list_snapshots().await.unwrap().into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = repo
+        .list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(ids, ["s3-snap", "s3-snap-2"]);
     repo.verify_snapshot("s3-snap", true).await.unwrap();
     repo.delete_snapshot("s3-snap").await.unwrap();
-    let report = repo.gc(&GcOptions { grace: Duration::ZERO, ..Default::default() }).await.unwrap();
+    let report = repo
+        .gc(&GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(report.deleted_chunks > 0, "{report:?}");
     repo.verify_snapshot("s3-snap-2", true).await.unwrap();
 }
@@ -100,7 +137,10 @@ async fn a_missing_bucket_is_a_clear_error() {
     let err = repo.list_snapshots().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RepoError::NoRepository(_)), "{text}");
-    assert!(text.contains("s3://no-such-bucket/p") && text.contains("check the URL"), "{text}");
+    assert!(
+        text.contains("s3://no-such-bucket/p") && text.contains("check the URL"),
+        "{text}"
+    );
     let err = repo.open_snapshot("x").await.unwrap_err();
     assert!(matches!(err, RepoError::NoRepository(_)), "{err}");
 }
@@ -115,7 +155,10 @@ async fn an_unreachable_endpoint_is_a_clear_error() {
     let err = repo.list_snapshots().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RepoError::Storage { .. }), "{text}");
-    assert!(text.contains("s3://bucket") && text.contains("endpoint is reachable"), "{text}");
+    assert!(
+        text.contains("s3://bucket") && text.contains("endpoint is reachable"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +168,10 @@ async fn wrong_credentials_are_refused() {
     bad.settings[1].1 = "wrong".into();
     let location = podsnap_repo::open_url(&format!("s3://b?endpoint={endpoint}"), &bad).unwrap();
     let repo = Repository::new(location, None, RepoOptions::default()).unwrap();
-    let err = repo.begin_snapshot("x", Default::default()).await.unwrap_err();
+    let err = repo
+        .begin_snapshot("x", Default::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("credentials"), "{err}");
 }
 
@@ -134,14 +180,21 @@ async fn wrong_credentials_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_real_bucket_round_trip_gated_on_credentials() {
     let Ok(url) = std::env::var("PODSNAP_TEST_GCS_URL") else {
-        eprintln!("skipped: set PODSNAP_TEST_GCS_URL=gs://BUCKET/PREFIX (and GCS credentials) to run");
+        eprintln!(
+            "skipped: set PODSNAP_TEST_GCS_URL=gs://BUCKET/PREFIX (and GCS credentials) to run"
+        );
         return;
     };
     let location = podsnap_repo::open_url(&url, &StoreOptions::default()).unwrap();
     let repo = Repository::new(location, None, RepoOptions::default()).unwrap();
     let id = format!("gated-{}", uuid::Uuid::new_v4());
     let data = memory_image(512, 23);
-    write_snapshot(&repo, &id, &[("memory/pages", Chunking::MEMORY, data.clone())]).await;
+    write_snapshot(
+        &repo,
+        &id,
+        &[("memory/pages", Chunking::MEMORY, data.clone())],
+    )
+    .await;
     assert_eq!(read_back(&repo, &id, "memory/pages").await, data);
     repo.delete_snapshot(&id).await.unwrap();
 }

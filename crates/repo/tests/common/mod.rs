@@ -5,7 +5,8 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use podsnap_repo::{
-    Chunking, EncryptionKey, Location, Manifest, NoProgress, RepoOptions, Repository, SnapshotMetadata, WriteStats,
+    Chunking, EncryptionKey, Location, Manifest, NoProgress, RepoOptions, Repository,
+    SnapshotMetadata, WriteStats,
 };
 
 /// A repository in a local directory.
@@ -60,11 +61,24 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Writes one snapshot with the given streams.
-pub async fn write_snapshot(repo: &Repository, id: &str, streams: &[(&str, Chunking, Vec<u8>)]) -> (Manifest, WriteStats) {
-    let mut writer = repo.begin_snapshot(id, SnapshotMetadata::default()).await.unwrap();
+pub async fn write_snapshot(
+    repo: &Repository,
+    id: &str,
+    streams: &[(&str, Chunking, Vec<u8>)],
+) -> (Manifest, WriteStats) {
+    let mut writer = repo
+        .begin_snapshot(id, SnapshotMetadata::default())
+        .await
+        .unwrap();
     for (name, chunking, data) in streams {
         writer
-            .add_stream(name, *chunking, Cursor::new(data.clone()), Some(data.len() as u64), &NoProgress)
+            .add_stream(
+                name,
+                *chunking,
+                Cursor::new(data.clone()),
+                Some(data.len() as u64),
+                &NoProgress,
+            )
             .await
             .unwrap();
     }
@@ -76,7 +90,10 @@ pub async fn write_snapshot(repo: &Repository, id: &str, streams: &[(&str, Chunk
 pub async fn read_back(repo: &Repository, id: &str, stream: &str) -> Vec<u8> {
     let snapshot = repo.open_snapshot(id).await.unwrap();
     let mut out = Vec::new();
-    snapshot.read_stream_to_writer(stream, &mut out, &NoProgress).await.unwrap();
+    snapshot
+        .read_stream_to_writer(stream, &mut out, &NoProgress)
+        .await
+        .unwrap();
     out
 }
 
