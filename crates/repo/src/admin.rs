@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 
 use crate::error::{RepoError, Result};
 use crate::format::{ChunkId, Manifest};
@@ -113,16 +112,10 @@ impl Repository {
     }
 
     async fn snapshot_ids(&self) -> Result<Vec<String>> {
-        let store = self.inner.store();
-        let listing = store
-            .list(Some(&layout::snapshots()))
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| RepoError::Storage {
-                location: self.url().to_owned(),
-                operation: "listing snapshots".into(),
-                source: e,
-            })?;
+        let listing = self
+            .inner
+            .list(&layout::snapshots(), "listing snapshots")
+            .await?;
         let mut ids: Vec<String> = listing
             .iter()
             .filter(|m| m.location.filename() == Some("manifest.json"))
@@ -214,16 +207,7 @@ impl Repository {
             );
         }
         report.referenced_chunks = referenced.len();
-        let store = self.inner.store();
-        let chunks = store
-            .list(Some(&layout::chunks()))
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| RepoError::Storage {
-                location: self.url().to_owned(),
-                operation: "listing chunks".into(),
-                source: e,
-            })?;
+        let chunks = self.inner.list(&layout::chunks(), "listing chunks").await?;
         let cutoff = now.as_second() - options.grace.as_secs() as i64;
         let mut victims = Vec::new();
         for meta in chunks {
@@ -291,16 +275,10 @@ impl Repository {
         now: jiff::Timestamp,
         report: &mut GcReport,
     ) -> Result<Vec<String>> {
-        let store: &Arc<dyn ObjectStore> = self.inner.store();
-        let markers = store
-            .list(Some(&layout::pendings()))
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| RepoError::Storage {
-                location: self.url().to_owned(),
-                operation: "listing writes in progress".into(),
-                source: e,
-            })?;
+        let markers = self
+            .inner
+            .list(&layout::pendings(), "listing writes in progress")
+            .await?;
         let mut live = Vec::new();
         for meta in markers {
             let bytes = match self

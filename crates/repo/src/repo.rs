@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::ChunkCache;
@@ -329,8 +329,19 @@ impl Inner {
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.location.store
+    /// Every object under `prefix`.
+    pub(crate) async fn list(
+        &self,
+        prefix: &Path,
+        what: &str,
+    ) -> Result<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        self.location
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.storage_error(what.to_owned(), e))
     }
 
     /// Fetches, verifies and decodes one chunk of `snapshot`, through the node cache.
