@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what podsnap needs on a fresh Debian machine (root): runsc for the gvisor engine.
+# Installs what podsnap needs on a fresh Debian machine (root): runsc for the gvisor engine,
+# a static busybox for sandbox root file systems.
 # Safe to run again; it installs only what is missing.
 set -euo pipefail
 
 need=()
 command -v runsc >/dev/null 2>&1 || need+=(runsc)
+# A static busybox: the root file system of the engine's tests and of Pod sandboxes' pause process.
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,236 @@
+//! The Engine trait — how podsnap runs, checkpoints and restores a Pod's sandbox — and the
+//! gvisor engine, which drives the `runsc` command-line tool.
+//!
+//! A Pod is one sandbox: a root (pause) container that holds the namespaces, and the Pod's
+//! containers inside it. Engines take fully resolved specs (root file system paths, arguments,
+//! environment, mounts, log files); they must not know about Kubernetes objects, images or
+//! storage: the node runtime prepares those and the repository stores what checkpoints write.
+
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod gvisor;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use gvisor::{GvisorConfig, GvisorEngine, RunscFeatures};
+
+/// What an engine reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineDescription {
+    /// `gvisor` or `native`.
+    pub name: String,
+    /// The version snapshots depend on.
+    pub version: String,
+    /// Capabilities found at start-up, in words (for `podsnap node-info` and logs).
+    pub features: Vec<String>,
+}
+
+/// How a sandbox is networked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// Only its own loopback (checkpointable with every runsc).
+    Loopback,
+    /// The host's network stack (`hostNetwork: true`); runsc cannot checkpoint it.
+    Host,
+    /// An existing network namespace (a Pod IP), by path, e.g. `/var/run/netns/pod-x`.
+    Namespace(PathBuf),
+}
+
+/// A bind or tmpfs mount inside a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it appears in the container.
+    pub destination: String,
+    /// A host path for binds; ignored for tmpfs.
+    pub source: PathBuf,
+    /// Bind or tmpfs.
+    pub kind: MountKind,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Kinds of mounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    /// A bind mount of a host path.
+    Bind,
+    /// A fresh tmpfs.
+    Tmpfs,
+}
+
+/// A container to create: everything resolved to host paths and plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Unique id (also the runsc container id).
+    pub id: String,
+    /// Root file system directory on the host.
+    pub rootfs: PathBuf,
+    /// The process: argv.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// User and group ids.
+    pub user: (u32, u32),
+    /// Host name seen inside.
+    pub hostname: String,
+    /// Mounts besides the standard /proc, /dev, /sys.
+    pub mounts: Vec<Mount>,
+    /// File receiving the container's standard output and error.
+    pub log_file: PathBuf,
+    /// Extra OCI annotations (e.g. `dev.gvisor.*` from the Pod).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Where a container is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Exited.
+    Stopped,
+}
+
+/// A container's observed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Its status.
+    pub status: Status,
+    /// Host pid of its init process, when running.
+    pub pid: Option<u32>,
+}
+
+/// Output of a command run in a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (128 + signal when killed by a signal).
+    pub exit_code: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// What a checkpoint wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointImage {
+    /// The directory holding the image files.
+    pub dir: PathBuf,
+    /// The files, relative to `dir`, with their sizes.
+    pub files: Vec<(String, u64)>,
+}
+
+/// Errors of an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's tool is not installed.
+    #[error(
+        "{tool} was not found; install it (`apt-get install -y runsc`) or choose another engine"
+    )]
+    Missing {
+        /// The missing tool.
+        tool: String,
+    },
+    /// A command of the engine failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Exit status in words.
+        status: String,
+        /// The tail of what it wrote to standard error.
+        stderr: String,
+    },
+    /// The engine cannot do this here.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A container that does not exist.
+    #[error("container {0} does not exist in the engine")]
+    NotFound(String),
+    /// Local input or output failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result type of engines.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Runs, checkpoints and restores Pod sandboxes.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Name, version and features.
+    fn describe(&self) -> EngineDescription;
+
+    /// Creates and starts a Pod's sandbox, whose root container runs `root` (a pause process).
+    async fn create_sandbox(
+        &self,
+        sandbox_id: &str,
+        root: &ContainerSpec,
+        network: &Network,
+    ) -> Result<()>;
+
+    /// Creates and starts a container inside an existing sandbox.
+    async fn start_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<()>;
+
+    /// The state of a container (the sandbox's root container has the sandbox's id).
+    async fn state(&self, container_id: &str) -> Result<ContainerState>;
+
+    /// Waits for a container's process to exit; its exit code.
+    async fn wait(&self, container_id: &str) -> Result<i32>;
+
+    /// Runs a command inside a running container and collects its output.
+    async fn exec(&self, container_id: &str, args: &[String], env: &[String])
+    -> Result<ExecOutput>;
+
+    /// Sends a signal (e.g. 15 for SIGTERM) to a container's processes.
+    async fn kill(&self, container_id: &str, signal: i32) -> Result<()>;
+
+    /// Removes a container, killing it first if needed; succeeds if it is already gone.
+    async fn delete(&self, container_id: &str) -> Result<()>;
+
+    /// Writes the sandbox's state into `image_dir`; with `leave_running` the sandbox goes on.
+    async fn checkpoint(
+        &self,
+        sandbox_id: &str,
+        image_dir: &std::path::Path,
+        leave_running: bool,
+    ) -> Result<CheckpointImage>;
+
+    /// Starts a sandbox from a checkpoint image instead of from its entry point.
+    async fn restore(
+        &self,
+        sandbox_id: &str,
+        root: &ContainerSpec,
+        network: &Network,
+        image_dir: &std::path::Path,
+    ) -> Result<()>;
+
+    /// Ids of every container the engine knows on this node (for cleanup after a crash).
+    async fn list(&self) -> Result<Vec<String>>;
+}

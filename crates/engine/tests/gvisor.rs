@@ -1,0 +1,329 @@
+//! The gvisor engine against the installed runsc (CI installs it and runs tests as root):
+//! sandboxes, containers inside them, exec, kill, wait, checkpoint and restore of memory state,
+//! and clean failures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use podsnap_engine::{
+    ContainerSpec, Engine, EngineError, GvisorConfig, GvisorEngine, Network, Status,
+};
+
+/// A root file system with a static busybox (Debian's busybox-static, installed by the set-up).
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed by scripts/setup.sh");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "cat", "echo", "hostname", "ps"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+fn spec(id: &str, rootfs: &Path, dir: &Path, script: &str) -> ContainerSpec {
+    ContainerSpec {
+        id: id.into(),
+        rootfs: rootfs.to_path_buf(),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: (0, 0),
+        hostname: "test-pod".into(),
+        mounts: Vec::new(),
+        log_file: dir.join(format!("{id}.log")),
+        annotations: BTreeMap::new(),
+    }
+}
+
+async fn engine(dir: &Path) -> GvisorEngine {
+    GvisorEngine::new(GvisorConfig::new(dir.join("state")))
+        .await
+        .expect("runsc is installed by scripts/setup.sh")
+}
+
+/// Deletes every sandbox under a test's runsc root when the test ends, passed or failed, so a
+/// failing test leaves no sandbox running.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let root = format!("--root={}", self.0.join("state/runsc").display());
+        let Ok(out) = std::process::Command::new("runsc")
+            .args([root.as_str(), "list", "--quiet"])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            let _ = std::process::Command::new("runsc")
+                .args([root.as_str(), "delete", "--force", id.trim()])
+                .output();
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+async fn read_counter(engine: &GvisorEngine, id: &str) -> u64 {
+    let out = engine
+        .exec(id, &["/bin/cat".into(), "/tmp/counter".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_runs_execs_and_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let engine = engine(dir.path()).await;
+    let rootfs = busybox_rootfs(dir.path());
+    let id = unique("life");
+    engine
+        .create_sandbox(
+            &id,
+            &spec(&id, &rootfs, dir.path(), "echo started; exec sleep 1000"),
+            &Network::Loopback,
+        )
+        .await
+        .unwrap();
+    assert_eq!(engine.state(&id).await.unwrap().status, Status::Running);
+    let out = engine
+        .exec(&id, &["/bin/hostname".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "test-pod");
+    let out = engine
+        .exec(&id, &["/bin/sh".into(), "-c".into(), "exit 3".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 3);
+    assert!(engine.list().await.unwrap().contains(&id));
+    // The agent waits on every container from its start; the wait reports the kill.
+    let waiter = {
+        let engine = engine.clone();
+        let id = id.clone();
+        tokio::spawn(async move { engine.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    engine.kill(&id, 9).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 137);
+    engine.delete(&id).await.unwrap();
+    assert!(!engine.list().await.unwrap().contains(&id));
+    assert!(matches!(
+        engine.state(&id).await,
+        Err(EngineError::NotFound(_))
+    ));
+    engine.delete(&id).await.unwrap();
+    let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).unwrap();
+    assert!(log.contains("started"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_share_their_pods_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let engine = engine(dir.path()).await;
+    let rootfs = busybox_rootfs(dir.path());
+    let sandbox = unique("pod");
+    engine
+        .create_sandbox(
+            &sandbox,
+            &spec(&sandbox, &rootfs, dir.path(), "exec sleep 1000"),
+            &Network::Loopback,
+        )
+        .await
+        .unwrap();
+    let app = format!("{sandbox}-app");
+    engine
+        .start_container(
+            &sandbox,
+            &spec(
+                &app,
+                &rootfs,
+                dir.path(),
+                "echo app > /tmp/who; exec sleep 1000",
+            ),
+        )
+        .await
+        .unwrap();
+    let sidecar = format!("{sandbox}-sidecar");
+    engine
+        .start_container(
+            &sandbox,
+            &spec(&sidecar, &rootfs, dir.path(), "echo done; exit 4"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(&sidecar).await.unwrap(), 4);
+    assert_eq!(engine.state(&app).await.unwrap().status, Status::Running);
+    let out = engine
+        .exec(&app, &["/bin/cat".into(), "/tmp/who".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
+    for id in [&sidecar, &app, &sandbox] {
+        engine.delete(id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_and_restore_keep_memory_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let engine = engine(dir.path()).await;
+    let rootfs = busybox_rootfs(dir.path());
+    let id = unique("ckpt");
+    engine
+        .create_sandbox(
+            &id,
+            &spec(&id, &rootfs, dir.path(), COUNTER),
+            &Network::Loopback,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = read_counter(&engine, &id).await;
+    assert!(before > 0);
+    let image = engine
+        .checkpoint(&id, &dir.path().join("image"), false)
+        .await
+        .unwrap();
+    assert!(
+        image
+            .files
+            .iter()
+            .any(|(name, size)| name == "checkpoint.img" && *size > 0),
+        "{:?}",
+        image.files
+    );
+    assert_ne!(
+        engine
+            .state(&id)
+            .await
+            .map(|s| s.status)
+            .unwrap_or(Status::Stopped),
+        Status::Running
+    );
+    engine.delete(&id).await.unwrap();
+
+    let restored = unique("restored");
+    engine
+        .restore(
+            &restored,
+            &spec(&restored, &rootfs, dir.path(), COUNTER),
+            &Network::Loopback,
+            &image.dir,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.state(&restored).await.unwrap().status,
+        Status::Running
+    );
+    let after = read_counter(&engine, &restored).await;
+    assert!(
+        after >= before,
+        "the counter restarted: {before} before, {after} after"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        read_counter(&engine, &restored).await > after,
+        "the restored loop runs on"
+    );
+    engine.delete(&restored).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_with_leave_running_keeps_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let engine = engine(dir.path()).await;
+    let rootfs = busybox_rootfs(dir.path());
+    let id = unique("resume");
+    engine
+        .create_sandbox(
+            &id,
+            &spec(&id, &rootfs, dir.path(), COUNTER),
+            &Network::Loopback,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine
+        .checkpoint(&id, &dir.path().join("image"), true)
+        .await
+        .unwrap();
+    let a = read_counter(&engine, &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        read_counter(&engine, &id).await > a,
+        "the sandbox goes on after the checkpoint"
+    );
+    engine.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_clear_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let missing = GvisorEngine::new(GvisorConfig {
+        runsc: "/nonexistent/runsc".into(),
+        ..GvisorConfig::new(dir.path().join("x"))
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        missing.to_string().contains("apt-get install -y runsc"),
+        "{missing}"
+    );
+
+    let engine = engine(dir.path()).await;
+    let id = unique("broken");
+    let no_rootfs = dir.path().join("no-such-rootfs");
+    let err = engine
+        .create_sandbox(
+            &id,
+            &spec(&id, &no_rootfs, dir.path(), "true"),
+            &Network::Loopback,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Command { .. }), "{err}");
+    assert!(err.to_string().contains("runsc create"), "{err}");
+    assert!(
+        !engine.list().await.unwrap().contains(&id),
+        "a failed create is cleaned up"
+    );
+    let err = engine
+        .restore(
+            &id,
+            &spec(&id, &no_rootfs, dir.path(), "true"),
+            &Network::Host,
+            dir.path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("host network"), "{err}");
+}
