@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod image_cmd;
 mod progress;
 mod repo_cmd;
 
@@ -67,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         command: repo_cmd::RepoCommand,
     },
+    /// Manage the node's local images: import OCI layouts, OCI or Docker archives, or root file
+    /// system directories; list; remove.
+    Image {
+        #[command(subcommand)]
+        command: image_cmd::ImageCommand,
+    },
     /// Measure podsnap against its baselines and print the figures side by side.
     Bench {
         #[command(subcommand)]
@@ -123,6 +130,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::NodeInfo { engine, output } => node_info(engine, output),
         Command::Repo { command } => {
             runtime()?.block_on(repo_cmd::run(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image { command } => {
+            image_cmd::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => {
