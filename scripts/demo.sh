@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --quiet --bin podsnap
+cargo build --release --quiet --bin podsnap --bin podsnap-demo-server
 podsnap=target/release/podsnap
 
 echo "== this node (what a snapshot taken here requires of the node restoring it)"
@@ -38,3 +38,7 @@ $podsnap repo ls --url "$repo"
 $podsnap repo get --url "$repo" second -o "$work/restored.bin" --cache-dir "$work/cache"
 cmp "$work/state.bin" "$work/restored.bin" && echo "restored bytes are identical"
 $podsnap repo verify --url "$repo" second
+
+echo
+echo "== the slow-starting demo server under gVisor: cold start against checkpoint + restore"
+$podsnap bench gvisor --sizes 256

@@ -24,6 +24,17 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The demo workload under the gvisor engine: cold start to first response against
+    /// checkpoint and restore to first response, for several state sizes. Run from the
+    /// repository root after `cargo build --release` (it uses scripts/demo-rootfs.sh).
+    Gvisor {
+        /// State sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+        sizes: Vec<usize>,
+        /// The demo server binary.
+        #[arg(long, default_value = "target/release/podsnap-demo-server")]
+        demo_binary: PathBuf,
+    },
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -40,6 +51,7 @@ struct Row {
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Repo { size_mib, dir } => bench_repo(size_mib, dir).await,
+        BenchCommand::Gvisor { sizes, demo_binary } => bench_gvisor(&sizes, &demo_binary).await,
     }
 }
 
@@ -360,4 +372,106 @@ fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
 
 fn zstd_decompress(data: &[u8], len: usize) -> Result<Vec<u8>> {
     Ok(zstd::bulk::decompress(data, len)?)
+}
+
+async fn bench_gvisor(sizes: &[usize], demo_binary: &Path) -> Result<()> {
+    use podsnap_engine::{ContainerSpec, Engine, GvisorConfig, GvisorEngine, Network};
+    let dir = tempfile_dir()?;
+    let rootfs = dir.join("rootfs");
+    let status = std::process::Command::new("bash")
+        .arg("scripts/demo-rootfs.sh")
+        .arg(demo_binary)
+        .arg(&rootfs)
+        .status()
+        .context("running scripts/demo-rootfs.sh (run the benchmark from the repository root)")?;
+    anyhow::ensure!(
+        status.success(),
+        "scripts/demo-rootfs.sh failed; build the demo first: cargo build --release"
+    );
+    let engine = GvisorEngine::new(GvisorConfig::new(dir.join("state"))).await?;
+    let spec = |id: &str, mib: usize| ContainerSpec {
+        id: id.into(),
+        rootfs: rootfs.clone(),
+        args: vec![
+            "/app/podsnap-demo-server".into(),
+            format!("--state-mib={mib}"),
+            "--port=8080".into(),
+        ],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: (0, 0),
+        hostname: id.into(),
+        mounts: Vec::new(),
+        log_file: dir.join(format!("{id}.log")),
+        annotations: Default::default(),
+    };
+    let first_response = |id: String| {
+        let engine = engine.clone();
+        async move {
+            let args = vec![
+                "/bin/wget".to_string(),
+                "-qO-".into(),
+                "http://127.0.0.1:8080/".into(),
+            ];
+            loop {
+                if let Ok(out) = engine.exec(&id, &args, &[]).await
+                    && out.exit_code == 0
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    for &mib in sizes {
+        let id = format!("bench-{mib}-{}", std::process::id());
+        let started = Instant::now();
+        engine
+            .create_sandbox(&id, &spec(&id, mib), &Network::Loopback)
+            .await?;
+        first_response(id.clone()).await;
+        let cold = started.elapsed();
+        let image_dir = dir.join(format!("image-{mib}"));
+        let started = Instant::now();
+        let image = engine.checkpoint(&id, &image_dir, false).await?;
+        let checkpoint = started.elapsed();
+        let image_bytes: u64 = image.files.iter().map(|(_, s)| s).sum();
+        engine.delete(&id).await?;
+        let restored = format!("{id}-r");
+        let started = Instant::now();
+        engine
+            .restore(
+                &restored,
+                &spec(&restored, mib),
+                &Network::Loopback,
+                &image_dir,
+            )
+            .await?;
+        first_response(restored.clone()).await;
+        let restore = started.elapsed();
+        engine.delete(&restored).await?;
+        std::fs::remove_dir_all(&image_dir)?;
+        rows.push((mib, cold, checkpoint, image_bytes, restore));
+    }
+    println!(
+        "demo workload under gvisor ({}), first response polled with exec + wget inside the sandbox",
+        engine.features().version
+    );
+    println!(
+        "{:>10} {:>16} {:>12} {:>12} {:>18} {:>9}",
+        "state MiB", "cold start s", "checkpoint s", "image MiB", "restore s", "speed-up"
+    );
+    for (mib, cold, checkpoint, bytes, restore) in rows {
+        println!(
+            "{mib:>10} {:>16.2} {:>12.2} {:>12.0} {:>18.2} {:>8.1}x",
+            cold.as_secs_f64(),
+            checkpoint.as_secs_f64(),
+            bytes as f64 / MIB,
+            restore.as_secs_f64(),
+            cold.as_secs_f64() / restore.as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
