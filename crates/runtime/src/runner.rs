@@ -1,0 +1,311 @@
+//! Running Pods: a sandbox per Pod (a pause process in a static busybox root), init containers
+//! one after another, then the Pod's containers, all inside it; stopping with a grace period.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network};
+use podsnap_image::{ImageError, ImageStore};
+
+use crate::plan::{self, PlanError, PodFields};
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The Pod cannot be run as written.
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    /// An image is missing or damaged.
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    /// The engine failed.
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    /// An init container failed.
+    #[error(
+        "init container {container} exited with code {exit_code}; the Pod does not start. Its log ends with: {log_tail}"
+    )]
+    InitFailed {
+        /// The init container.
+        container: String,
+        /// Its exit code.
+        exit_code: i32,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// A container name that the Pod does not have.
+    #[error("the Pod has no container named {0}")]
+    NoSuchContainer(String),
+    /// Local input or output failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Io { context, source }
+}
+
+/// Result type of the runtime.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// A Pod that is running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningPod {
+    /// The sandbox (and its pause container) id.
+    pub sandbox_id: String,
+    /// The Pod's containers: name and engine id, in spec order.
+    pub containers: Vec<(String, String)>,
+    /// The Pod's directory on the node (logs, volumes).
+    pub dir: PathBuf,
+}
+
+impl RunningPod {
+    /// The engine id of container `name`, or of the first container when `None`.
+    pub fn container_id(&self, name: Option<&str>) -> Result<&str> {
+        match name {
+            None => self
+                .containers
+                .first()
+                .map(|(_, id)| id.as_str())
+                .ok_or_else(|| RuntimeError::NoSuchContainer(String::new())),
+            Some(n) => self
+                .containers
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, id)| id.as_str())
+                .ok_or_else(|| RuntimeError::NoSuchContainer(n.to_owned())),
+        }
+    }
+
+    /// The log file of container `name`.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+}
+
+/// Runs Pods with an engine and the local image store.
+#[derive(Clone)]
+pub struct PodRunner {
+    engine: Arc<dyn Engine>,
+    images: ImageStore,
+    pods_dir: PathBuf,
+    pause_rootfs: PathBuf,
+}
+
+impl PodRunner {
+    /// A runner keeping Pod directories under `state_dir/pods`; prepares the pause root file
+    /// system (a static busybox) under `state_dir/pause`.
+    pub fn new(engine: Arc<dyn Engine>, images: ImageStore, state_dir: &Path) -> Result<Self> {
+        let pause_rootfs = state_dir.join("pause");
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .ok_or_else(|| RuntimeError::Io {
+                context: "the pause process needs a static busybox; install it with `apt-get install -y busybox-static`".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+        std::fs::create_dir_all(pause_rootfs.join("bin"))
+            .map_err(io_err("creating the pause root file system"))?;
+        let target = pause_rootfs.join("bin/busybox");
+        if !target.exists() {
+            std::fs::copy(busybox, &target).map_err(io_err("copying busybox"))?;
+        }
+        let sleep = pause_rootfs.join("bin/sleep");
+        if std::fs::symlink_metadata(&sleep).is_err() {
+            std::os::unix::fs::symlink("busybox", &sleep).map_err(io_err("linking sleep"))?;
+        }
+        let pods_dir = state_dir.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(io_err("creating the Pods directory"))?;
+        Ok(Self {
+            engine,
+            images,
+            pods_dir,
+            pause_rootfs,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Starts `pod`: its sandbox, its init containers to completion, then its containers. On
+    /// any failure everything started is removed again.
+    pub async fn start(&self, pod: &Pod) -> Result<RunningPod> {
+        let spec = pod.spec.as_ref().ok_or_else(|| PlanError {
+            field: "spec".into(),
+            problem: "the Pod has no spec".into(),
+        })?;
+        let meta = &pod.metadata;
+        let fields = PodFields {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            uid: meta.uid.clone().unwrap_or_default(),
+            pod_ip: "127.0.0.1".into(),
+            node_name: spec.node_name.clone().unwrap_or_default(),
+        };
+        let sandbox_id = plan::sandbox_id(&fields.namespace, &fields.name, &fields.uid);
+        let dir = self.pods_dir.join(&sandbox_id);
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(io_err(format!("creating {}", dir.display())))?;
+        let volumes = spec.volumes.clone().unwrap_or_default();
+        for v in &volumes {
+            if v.host_path.is_none() {
+                std::fs::create_dir_all(dir.join("volumes").join(&v.name))
+                    .map_err(io_err("creating a volume"))?;
+            }
+        }
+        // Plan every container before starting anything, so a mistake starts nothing.
+        let hostname = spec
+            .hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| fields.name.clone());
+        let annotations: std::collections::BTreeMap<String, String> = meta
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("dev.gvisor."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let plan_container = |list: &str, i: usize, c: &Container| -> Result<ContainerSpec> {
+            let field = format!("spec.{list}[{i}]");
+            let image_name = c.image.as_deref().unwrap_or_default();
+            let image = self.images.get(image_name)?;
+            let process = plan::process(&field, pod, c, &image.config, &fields)?;
+            Ok(ContainerSpec {
+                id: format!("{sandbox_id}-{}", c.name),
+                rootfs: self.images.rootfs(&image),
+                args: process.args,
+                env: process.env,
+                cwd: process.cwd,
+                user: process.user,
+                hostname: hostname.clone(),
+                mounts: plan::mounts(&field, c, &volumes, &dir)?,
+                log_file: dir.join("logs").join(format!("{}.log", c.name)),
+                annotations: annotations.clone(),
+            })
+        };
+        let init: Vec<ContainerSpec> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, c)| plan_container("initContainers", i, c))
+            .collect::<Result<_>>()?;
+        let main: Vec<ContainerSpec> = spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| plan_container("containers", i, c))
+            .collect::<Result<_>>()?;
+        let network = if spec.host_network == Some(true) {
+            Network::Host
+        } else {
+            Network::Loopback
+        };
+        let pause = ContainerSpec {
+            id: sandbox_id.clone(),
+            rootfs: self.pause_rootfs.clone(),
+            args: vec!["/bin/sleep".into(), "2147483647".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: (0, 0),
+            hostname: hostname.clone(),
+            mounts: Vec::new(),
+            log_file: dir.join("logs").join("pause.log"),
+            annotations: annotations.clone(),
+        };
+        self.engine
+            .create_sandbox(&sandbox_id, &pause, &network)
+            .await?;
+        let mut started = vec![sandbox_id.clone()];
+        let result = async {
+            for c in &init {
+                self.engine.start_container(&sandbox_id, c).await?;
+                started.push(c.id.clone());
+                let exit_code = self.engine.wait(&c.id).await?;
+                if exit_code != 0 {
+                    let log = std::fs::read_to_string(&c.log_file).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    return Err(RuntimeError::InitFailed {
+                        container: c
+                            .id
+                            .trim_start_matches(&format!("{sandbox_id}-"))
+                            .to_owned(),
+                        exit_code,
+                        log_tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+                    });
+                }
+                // A finished init container leaves only its log behind.
+                self.engine.delete(&c.id).await?;
+                started.pop();
+            }
+            for c in &main {
+                self.engine.start_container(&sandbox_id, c).await?;
+                started.push(c.id.clone());
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            for id in started.iter().rev() {
+                let _ = self.engine.delete(id).await;
+            }
+            return Err(e);
+        }
+        Ok(RunningPod {
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), format!("{sandbox_id}-{}", c.name)))
+                .collect(),
+            sandbox_id,
+            dir,
+        })
+    }
+
+    /// Runs a command in container `name` (the first one when `None`).
+    pub async fn exec(
+        &self,
+        pod: &RunningPod,
+        name: Option<&str>,
+        args: &[String],
+    ) -> Result<ExecOutput> {
+        Ok(self.engine.exec(pod.container_id(name)?, args, &[]).await?)
+    }
+
+    /// Stops a Pod: SIGTERM to every container, SIGKILL after `grace`, then removes the
+    /// containers and the sandbox.
+    pub async fn stop(&self, pod: &RunningPod, grace: Duration) -> Result<()> {
+        for (_, id) in &pod.containers {
+            let _ = self.engine.kill(id, 15).await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (_, id) in &pod.containers {
+            while tokio::time::Instant::now() < deadline {
+                match self.engine.state(id).await {
+                    Ok(s) if s.status == podsnap_engine::Status::Running => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for (_, id) in pod.containers.iter().rev() {
+            self.engine.delete(id).await?;
+        }
+        self.engine.delete(&pod.sandbox_id).await?;
+        Ok(())
+    }
+}
