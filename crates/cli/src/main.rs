@@ -8,6 +8,7 @@
 
 mod bench;
 mod image_cmd;
+mod node_cmd;
 mod progress;
 mod repo_cmd;
 
@@ -68,6 +69,85 @@ enum Command {
         #[command(subcommand)]
         command: repo_cmd::RepoCommand,
     },
+    /// Run the node agent (embedded mode): it stores API objects and runs Pods under gVisor.
+    /// The other verbs below talk to it over its socket.
+    Serve(node_cmd::ServeArgs),
+    /// Create or update objects from manifests (Pods, Deployments, the podsnap kinds).
+    Apply {
+        /// Manifest files; `-` reads standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// List objects: pods, deployments, podsnapshots, podsnapshotpolicies,
+    /// podsnapshotstorageconfigs, podsnapshotmanualtriggers, events.
+    Get {
+        /// The resource type.
+        resource: String,
+        /// One object's name.
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = node_cmd::GetFormat::Table)]
+        output: node_cmd::GetFormat,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// Show an object in detail, with its conditions and events.
+    Describe {
+        /// The resource type.
+        resource: String,
+        /// The object's name.
+        name: String,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// Delete objects (deleting a Pod stops it).
+    Delete {
+        /// The resource type.
+        resource: String,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// Print a container's log.
+    Logs {
+        /// The Pod.
+        pod: String,
+        /// The container (needed when the Pod has several).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// Run a command in a Pod's container: `podsnap exec POD -- CMD ARGS…`.
+    Exec {
+        /// The Pod.
+        pod: String,
+        /// The container (the first one when absent).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
+    /// Change a Deployment's replica count: `podsnap scale deployment/NAME --replicas N`.
+    Scale {
+        /// `deployment/NAME`.
+        target: String,
+        /// The new replica count.
+        #[arg(long)]
+        replicas: i32,
+        #[command(flatten)]
+        agent: node_cmd::AgentArgs,
+    },
     /// Manage the node's local images: import OCI layouts, OCI or Docker archives, or root file
     /// system directories; list; remove.
     Image {
@@ -103,7 +183,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter())),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -132,6 +212,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(repo_cmd::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => {
+            runtime()?.block_on(node_cmd::serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { files, agent } => {
+            runtime()?.block_on(node_cmd::apply(&agent, &files))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get {
+            resource,
+            name,
+            output,
+            agent,
+        } => {
+            runtime()?.block_on(node_cmd::get(&agent, &resource, name.as_deref(), output))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe {
+            resource,
+            name,
+            agent,
+        } => {
+            runtime()?.block_on(node_cmd::describe(&agent, &resource, &name))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete {
+            resource,
+            names,
+            agent,
+        } => {
+            runtime()?.block_on(node_cmd::delete(&agent, &resource, &names))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            pod,
+            container,
+            follow,
+            agent,
+        } => {
+            runtime()?.block_on(node_cmd::logs(&agent, &pod, container.as_deref(), follow))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            pod,
+            container,
+            command,
+            agent,
+        } => {
+            let code = runtime()?.block_on(node_cmd::exec(
+                &agent,
+                &pod,
+                container.as_deref(),
+                &command,
+            ))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Scale {
+            target,
+            replicas,
+            agent,
+        } => {
+            runtime()?.block_on(node_cmd::scale(&agent, &target, replicas))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Image { command } => {
             image_cmd::run(command)?;
             Ok(ExitCode::SUCCESS)
@@ -140,6 +284,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(bench::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `info` for the agent (it runs as a service and logs what it does), `warn` for commands.
+fn default_log_filter() -> &'static str {
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        "info"
+    } else {
+        "warn"
     }
 }
 

@@ -322,29 +322,41 @@ pub fn should_restart(policy: Option<&str>, exit_code: i32) -> bool {
     }
 }
 
+fn short_hash(text: &str) -> String {
+    let digest = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), text));
+    hex::encode(digest)[..8].to_owned()
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// A sandbox id for a Pod: readable, unique per Pod object, valid for runsc.
+///
+/// runsc also finds containers by a unique id *prefix*, and calls an id that prefixes another
+/// ambiguous, so no engine id may be a prefix of another: sandbox ids end in `_pod`, container
+/// ids in a hash of their own name.
 pub fn sandbox_id(namespace: &str, name: &str, uid: &str) -> String {
-    let digest = sha2::Digest::finalize(sha2::Digest::chain_update(
-        sha2::Sha256::default(),
-        format!("{namespace}/{name}/{uid}"),
-    ));
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect::<String>()
-    };
     format!(
-        "{}_{}_{}",
+        "{}_{}_{}_pod",
         clean(namespace),
         clean(name),
-        &hex::encode(digest)[..8]
+        short_hash(&format!("{namespace}/{name}/{uid}"))
     )
+}
+
+/// The engine id of container `name` in sandbox `sandbox_id`.
+pub fn container_id(sandbox_id: &str, name: &str) -> String {
+    let base = sandbox_id.strip_suffix("_pod").unwrap_or(sandbox_id);
+    format!("{base}_c_{}_{}", clean(name), &short_hash(name)[..4])
 }
 
 #[cfg(test)]
@@ -509,13 +521,31 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_ids_are_valid_and_distinct() {
+    fn engine_ids_are_valid_distinct_and_never_prefixes_of_each_other() {
         let a = sandbox_id("default", "web.v1", "uid-1");
-        assert!(a.starts_with("default_web-v1_"), "{a}");
+        assert!(
+            a.starts_with("default_web-v1_") && a.ends_with("_pod"),
+            "{a}"
+        );
         assert_ne!(a, sandbox_id("default", "web.v1", "uid-2"));
         assert!(
             a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
+        let ids = [
+            a.clone(),
+            container_id(&a, "app"),
+            container_id(&a, "app2"),
+            container_id(&a, "ap"),
+            sandbox_id("default", "web.v10", "uid-1"),
+        ];
+        for x in &ids {
+            for y in &ids {
+                assert!(
+                    x == y || !y.starts_with(x.as_str()),
+                    "{x} is a prefix of {y}"
+                );
+            }
+        }
     }
 }

@@ -134,6 +134,11 @@ impl PodRunner {
         })
     }
 
+    /// The directory of the Pod with sandbox `sandbox_id`.
+    pub fn pod_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.pods_dir.join(sandbox_id)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
@@ -155,7 +160,7 @@ impl PodRunner {
             node_name: spec.node_name.clone().unwrap_or_default(),
         };
         let sandbox_id = plan::sandbox_id(&fields.namespace, &fields.name, &fields.uid);
-        let dir = self.pods_dir.join(&sandbox_id);
+        let dir = self.pod_dir(&sandbox_id);
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(io_err(format!("creating {}", dir.display())))?;
         let volumes = spec.volumes.clone().unwrap_or_default();
@@ -184,7 +189,7 @@ impl PodRunner {
             let image = self.images.get(image_name)?;
             let process = plan::process(&field, pod, c, &image.config, &fields)?;
             Ok(ContainerSpec {
-                id: format!("{sandbox_id}-{}", c.name),
+                id: plan::container_id(&sandbox_id, &c.name),
                 rootfs: self.images.rootfs(&image),
                 args: process.args,
                 env: process.env,
@@ -268,7 +273,7 @@ impl PodRunner {
             containers: spec
                 .containers
                 .iter()
-                .map(|c| (c.name.clone(), format!("{sandbox_id}-{}", c.name)))
+                .map(|c| (c.name.clone(), plan::container_id(&sandbox_id, &c.name)))
                 .collect(),
             sandbox_id,
             dir,

@@ -1,0 +1,8 @@
+//! podsnap's node agent (embedded mode): an object store, a local HTTP API on a Unix socket,
+//! and the controller that runs the Pods it holds.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod controller;
+pub mod store;

@@ -1,0 +1,322 @@
+//! `podsnap serve` end to end under runsc: apply a Pod and a Deployment through the API, see
+//! them run, exec and read logs, scale, delete, kill and restart the agent and find the Pods
+//! again, and bad input refused.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use podsnap_agent::client::{Client, ClientError};
+use podsnap_engine::{Engine, GvisorConfig, GvisorEngine};
+use podsnap_image::{ImageConfig, ImageStore};
+use serde_json::{Value, json};
+
+/// A `podsnap serve` process, killed (SIGKILL, as a crash would) when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_agent(dir: &Path) -> (Agent, Client, Arc<GvisorEngine>) {
+    let socket = dir.join("agent.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_podsnap"))
+        .arg("serve")
+        .arg(format!("--state-dir={}", dir.display()))
+        .arg(format!("--images={}", dir.join("images").display()))
+        .arg(format!("--socket={}", socket.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent(child);
+    let client = Client::new(&socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .request(Method::GET, "/healthz", None, "text/plain")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not come up: {}",
+            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let engine = Arc::new(
+        GvisorEngine::new(GvisorConfig::new(dir.join("engine")))
+            .await
+            .unwrap(),
+    );
+    (agent, client, engine)
+}
+
+fn busybox_image(dir: &Path) {
+    let root = dir.join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "httpd", "wget", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let store = ImageStore::open(dir.join("images")).unwrap();
+    let config = ImageConfig {
+        entrypoint: vec!["/bin/sh".into()],
+        ..Default::default()
+    };
+    store
+        .import(&root, Some("localhost/busybox"), Some(config))
+        .unwrap();
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let root = format!("--root={}", self.0.join("engine/runsc").display());
+        if let Ok(out) = std::process::Command::new("runsc")
+            .args([root.as_str(), "list", "--quiet"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                let _ = std::process::Command::new("runsc")
+                    .args([root.as_str(), "delete", "--force", id.trim()])
+                    .output();
+            }
+        }
+    }
+}
+
+async fn apply(client: &Client, yaml: &str) -> Result<Value, ClientError> {
+    let bytes = client
+        .request(
+            Method::POST,
+            "/apply",
+            Some(yaml.as_bytes().to_vec()),
+            "application/yaml",
+        )
+        .await?;
+    Ok(serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn pod(client: &Client, name: &str) -> Value {
+    client
+        .json(Method::GET, &format!("/objects/Pod/default/{name}"), None)
+        .await
+        .unwrap()
+}
+
+async fn wait_phase(client: &Client, name: &str, phase: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pod(client, name).await;
+        if p["status"]["phase"] == phase {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {phase}: {}",
+            p["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pods(client: &Client) -> Vec<String> {
+    let list = client
+        .json(Method::GET, "/objects/Pod?namespace=default", None)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  containers:
+  - name: server
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "echo serving; exec httpd -f -p 8080 -h /bin"]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: workers}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      containers:
+      - name: worker
+        image: localhost/busybox
+        args: ["-c", "exec sleep 1000"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_deployments_run_and_survive_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let (agent, client, engine) = start_agent(dir.path()).await;
+
+    let applied = apply(&client, MANIFESTS).await.unwrap();
+    assert_eq!(applied["results"][0]["result"], "created");
+    let web = wait_phase(&client, "web", "Running").await;
+    let ready = web["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True");
+    assert!(ready["lastTransitionTime"].is_string());
+    let out = client
+        .json(
+            Method::POST,
+            "/exec/default/web",
+            Some(&json!({"command": ["/bin/wget", "-qO-", "http://127.0.0.1:8080/sh"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["exitCode"], 0);
+    let logs = client
+        .request(Method::GET, "/logs/default/web", None, "text/plain")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&logs).contains("serving"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pods(&client).await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the Deployment's Pods did not appear"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let workers: Vec<String> = pods(&client)
+        .await
+        .into_iter()
+        .filter(|n| n.starts_with("workers-"))
+        .collect();
+    for w in &workers {
+        wait_phase(&client, w, "Running").await;
+    }
+    // Applying the same manifests again changes nothing.
+    let again = apply(&client, MANIFESTS).await.unwrap();
+    assert_eq!(again["results"][0]["result"], "unchanged");
+
+    // Kill the agent and start it again: the Pods are found again, not restarted.
+    let started_before = pod(&client, "web").await["status"]["startTime"].clone();
+    drop(agent);
+    let (agent, client, _) = start_agent(dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let web = pod(&client, "web").await;
+    assert_eq!(web["status"]["startTime"], started_before);
+    let out = client
+        .json(
+            Method::POST,
+            "/exec/default/web",
+            Some(&json!({"command": ["/bin/echo", "ok"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["stdout"], "ok\n");
+
+    // Scale down, then delete everything: no sandbox is left.
+    client
+        .json(
+            Method::POST,
+            "/scale/default/workers",
+            Some(&json!({"replicas": 1})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pods(&client).await.len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "scaling down did not remove a Pod"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .json(Method::DELETE, "/objects/Pod/default/web", None)
+        .await
+        .unwrap();
+    client
+        .json(Method::DELETE, "/objects/Deployment/default/workers", None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !engine.list().await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "sandboxes left: {:?}",
+            engine.list().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_failures_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let (_agent, client, _) = start_agent(dir.path()).await;
+    let err = apply(
+        &client,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the Pod has no containers"),
+        "{err}"
+    );
+    let err = apply(&client, "kind: Gadget\n").await.unwrap_err();
+    assert!(err.to_string().contains("apiVersion"), "{err}");
+    apply(&client, "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/missing}]\n").await.unwrap();
+    let failed = wait_phase(&client, "ghost", "Failed").await;
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("localhost/missing:latest is not in the store")
+    );
+    let events = client
+        .json(Method::GET, "/events?namespace=default&name=ghost", None)
+        .await
+        .unwrap();
+    assert_eq!(events["items"][0]["reason"], "FailedCreate");
+    let err = apply(&client, "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/busybox}]\n").await.unwrap_err();
+    assert!(err.to_string().contains("delete it first"), "{err}");
+    let err = client
+        .json(Method::GET, "/objects/Pod/default/nope", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let err = Client::new(dir.path().join("no.sock"))
+        .json(Method::GET, "/healthz", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("podsnap serve"), "{err}");
+}
