@@ -35,10 +35,52 @@ fn template_hash(template: &Value) -> String {
 #[derive(Clone, Debug)]
 struct Tracked {
     uid: String,
+    pod: Pod,
     running: RunningPod,
     started_at: String,
-    /// Container name → exit code, for containers that ended.
+    /// Container name → exit code, for containers that ended and were not restarted.
     exited: BTreeMap<String, i32>,
+    /// Container name → restarts so far.
+    restarts: BTreeMap<String, u32>,
+    /// Container name → whether its readiness probe passes (absent: no probe result yet).
+    probed_ready: BTreeMap<String, bool>,
+}
+
+impl Tracked {
+    fn new(uid: String, pod: Pod, running: RunningPod, started_at: String) -> Self {
+        Self {
+            uid,
+            pod,
+            running,
+            started_at,
+            exited: BTreeMap::new(),
+            restarts: BTreeMap::new(),
+            probed_ready: BTreeMap::new(),
+        }
+    }
+
+    /// Whether container `name` counts as ready: running, and its readiness probe (if any)
+    /// passes.
+    fn container_ready(&self, name: &str) -> bool {
+        let has_probe = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .any(|c| c.name == name && c.readiness_probe.is_some());
+        !self.exited.contains_key(name)
+            && (!has_probe || self.probed_ready.get(name) == Some(&true))
+    }
+
+    fn grace(&self) -> Duration {
+        let secs = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(secs.max(0) as u64)
+    }
 }
 
 /// Runs the Pods of a store.
@@ -119,17 +161,14 @@ impl Controller {
                 .map(str::to_owned)
                 .unwrap_or_else(now);
             tracing::info!(namespace, name, "adopted a running Pod");
-            let tracked = Tracked {
-                uid,
-                running: RunningPod {
-                    sandbox_id: sandbox,
-                    containers,
-                    dir,
-                },
-                started_at,
-                exited: BTreeMap::new(),
+            let running = RunningPod {
+                sandbox_id: sandbox,
+                containers,
+                dir,
             };
+            let tracked = Tracked::new(uid, pod, running, started_at);
             self.watch_containers(&namespace, &name, &tracked).await;
+            self.probe_containers(&namespace, &name, &tracked);
             self.pods.lock().await.insert((namespace, name), tracked);
         }
         for id in existing.iter().rev() {
@@ -255,8 +294,7 @@ impl Controller {
                 .collect()
         };
         for (key, tracked) in stale {
-            let grace = Duration::from_secs(5);
-            if let Err(e) = self.runner.stop(&tracked.running, grace).await {
+            if let Err(e) = self.runner.stop(&tracked.running, tracked.grace()).await {
                 tracing::warn!(error = %e, "stopping a deleted Pod");
             }
             self.pods.lock().await.remove(&key);
@@ -303,12 +341,7 @@ impl Controller {
         };
         match self.runner.start(&pod).await {
             Ok(running) => {
-                let tracked = Tracked {
-                    uid: uid.to_owned(),
-                    running,
-                    started_at: now(),
-                    exited: BTreeMap::new(),
-                };
+                let tracked = Tracked::new(uid.to_owned(), pod, running, now());
                 let _ = self.store.event(
                     "Normal",
                     "Started",
@@ -317,8 +350,9 @@ impl Controller {
                     name,
                     "started the Pod's containers",
                 );
-                self.write_status(namespace, name, &pod, &tracked);
+                self.write_status(namespace, name, &tracked);
                 self.watch_containers(namespace, name, &tracked).await;
+                self.probe_containers(namespace, name, &tracked);
                 self.pods.lock().await.insert(key.clone(), tracked);
             }
             Err(e) => self.fail(key, uid, "FailedCreate", &e.to_string()).await,
@@ -346,15 +380,160 @@ impl Controller {
     /// policy, restarts the container after the back-off.
     async fn watch_containers(&self, namespace: &str, name: &str, tracked: &Tracked) {
         for (container, id) in tracked.running.containers.clone() {
-            let me = self.clone();
-            let key = (namespace.to_owned(), name.to_owned());
-            let uid = tracked.uid.clone();
-            tokio::spawn(async move {
-                let Ok(code) = me.runner.engine().wait(&id).await else {
-                    return;
+            self.watch_container(namespace, name, &tracked.uid, container, id);
+        }
+    }
+
+    fn watch_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        container: String,
+        id: String,
+    ) {
+        let me = self.clone();
+        let key = (namespace.to_owned(), name.to_owned());
+        let uid = uid.to_owned();
+        tokio::spawn(async move {
+            let Ok(code) = me.runner.engine().wait(&id).await else {
+                return;
+            };
+            me.container_exited(&key, &uid, &container, code).await;
+        });
+    }
+
+    /// Runs each container's readiness and liveness probes: readiness decides the Ready
+    /// condition, a failing liveness probe kills the container (the restart policy then
+    /// applies).
+    fn probe_containers(&self, namespace: &str, name: &str, tracked: &Tracked) {
+        let containers = tracked
+            .pod
+            .spec
+            .clone()
+            .map(|s| s.containers)
+            .unwrap_or_default();
+        for (i, c) in containers.into_iter().enumerate() {
+            for (liveness, probe) in [
+                (false, c.readiness_probe.clone()),
+                (true, c.liveness_probe.clone()),
+            ] {
+                let Some(probe) = probe else { continue };
+                let kind = if liveness {
+                    "livenessProbe"
+                } else {
+                    "readinessProbe"
                 };
-                me.container_exited(&key, &uid, &container, code).await;
-            });
+                let field = format!("spec.containers[{i}].{kind}");
+                let helper = podsnap_runtime::runner::HELPER_DIR;
+                let command = match podsnap_runtime::plan::probe_command(&field, &probe, &c, helper)
+                {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        let _ = self.store.event(
+                            "Warning",
+                            "InvalidProbe",
+                            "Pod",
+                            namespace,
+                            name,
+                            &e.to_string(),
+                        );
+                        continue;
+                    }
+                };
+                let timing = podsnap_runtime::plan::probe_timing(&probe);
+                let me = self.clone();
+                let key = (namespace.to_owned(), name.to_owned());
+                let uid = tracked.uid.clone();
+                let container = c.name.clone();
+                tokio::spawn(async move {
+                    me.probe_loop(key, uid, container, liveness, command, timing)
+                        .await
+                });
+            }
+        }
+    }
+
+    async fn probe_loop(
+        &self,
+        key: (String, String),
+        uid: String,
+        container: String,
+        liveness: bool,
+        command: Vec<String>,
+        timing: podsnap_runtime::plan::ProbeTiming,
+    ) {
+        tokio::time::sleep(timing.initial_delay).await;
+        let (mut successes, mut failures) = (0u32, 0u32);
+        loop {
+            let tracked = match self.pods.lock().await.get(&key) {
+                Some(t) if t.uid == uid => t.clone(),
+                _ => return,
+            };
+            if !tracked.exited.contains_key(&container)
+                && let Ok(id) = tracked.running.container_id(Some(&container))
+            {
+                let id = id.to_owned();
+                let run = self.runner.engine().exec(&id, &command, &[]);
+                let limit = timing.timeout + Duration::from_secs(2);
+                let ok = matches!(tokio::time::timeout(limit, run).await, Ok(Ok(out)) if out.exit_code == 0);
+                if ok {
+                    successes += 1;
+                    failures = 0;
+                } else {
+                    failures += 1;
+                    successes = 0;
+                }
+                let (namespace, name) = &key;
+                if liveness {
+                    if failures == timing.failure_threshold {
+                        let message = format!(
+                            "liveness probe of {container} failed {failures} times; killing it"
+                        );
+                        let _ = self.store.event(
+                            "Warning",
+                            "Unhealthy",
+                            "Pod",
+                            namespace,
+                            name,
+                            &message,
+                        );
+                        let _ = self.runner.engine().kill(&id, 9).await;
+                    }
+                } else {
+                    let known = tracked.probed_ready.get(&container).copied();
+                    let ready = if successes >= timing.success_threshold {
+                        Some(true)
+                    } else if failures >= timing.failure_threshold || known.is_none() {
+                        Some(false)
+                    } else {
+                        None
+                    };
+                    if let Some(ready) = ready
+                        && known != Some(ready)
+                    {
+                        let updated = {
+                            let mut pods = self.pods.lock().await;
+                            let Some(t) = pods.get_mut(&key) else { return };
+                            t.probed_ready.insert(container.clone(), ready);
+                            t.clone()
+                        };
+                        if !ready && failures >= timing.failure_threshold {
+                            let message = format!("readiness probe of {container} failed");
+                            let _ = self.store.event(
+                                "Warning",
+                                "Unhealthy",
+                                "Pod",
+                                namespace,
+                                name,
+                                &message,
+                            );
+                        }
+                        self.write_status(namespace, name, &updated);
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
         }
     }
 
@@ -366,18 +545,12 @@ impl Controller {
         code: i32,
     ) {
         let (namespace, name) = key;
-        let Some(value) = self.store.get("Pod", namespace, name).ok().flatten() else {
-            return;
-        };
-        if value["metadata"]["uid"].as_str() != Some(uid) {
-            return;
-        }
-        let Ok(pod) = serde_json::from_value::<Pod>(value) else {
-            return;
-        };
         let tracked = {
             let mut pods = self.pods.lock().await;
             let Some(t) = pods.get_mut(key) else { return };
+            if t.uid != uid {
+                return;
+            }
             t.exited.insert(container.to_owned(), code);
             t.clone()
         };
@@ -389,30 +562,98 @@ impl Controller {
             name,
             &format!("container {container} exited with code {code}"),
         );
-        self.write_status(namespace, name, &pod, &tracked);
+        self.write_status(namespace, name, &tracked);
+        let policy = tracked
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone());
+        if !podsnap_runtime::plan::should_restart(policy.as_deref(), code) {
+            return;
+        }
+        let restarts = tracked.restarts.get(container).copied().unwrap_or(0);
+        let delay = podsnap_runtime::plan::restart_backoff(restarts);
+        let _ = self.store.event(
+            "Normal",
+            "BackOff",
+            "Pod",
+            namespace,
+            name,
+            &format!("restarting {container} in {}s", delay.as_secs()),
+        );
+        tokio::time::sleep(delay).await;
+        let still_ours = matches!(self.pods.lock().await.get(key), Some(t) if t.uid == uid);
+        if !still_ours {
+            return;
+        }
+        match self
+            .runner
+            .restart_container(&tracked.pod, &tracked.running, container)
+            .await
+        {
+            Ok(()) => {
+                let updated = {
+                    let mut pods = self.pods.lock().await;
+                    let Some(t) = pods.get_mut(key) else { return };
+                    t.exited.remove(container);
+                    t.probed_ready.remove(container);
+                    *t.restarts.entry(container.to_owned()).or_insert(0) += 1;
+                    t.clone()
+                };
+                let _ = self.store.event(
+                    "Normal",
+                    "Started",
+                    "Pod",
+                    namespace,
+                    name,
+                    &format!("restarted container {container}"),
+                );
+                self.write_status(namespace, name, &updated);
+                if let Ok(id) = updated.running.container_id(Some(container)) {
+                    self.watch_container(namespace, name, uid, container.to_owned(), id.to_owned());
+                }
+            }
+            Err(e) => {
+                let _ = self.store.event(
+                    "Warning",
+                    "FailedRestart",
+                    "Pod",
+                    namespace,
+                    name,
+                    &format!("could not restart {container}: {e}"),
+                );
+            }
+        }
     }
 
-    fn write_status(&self, namespace: &str, name: &str, pod: &Pod, tracked: &Tracked) {
-        let spec = pod.spec.clone().unwrap_or_default();
+    fn write_status(&self, namespace: &str, name: &str, tracked: &Tracked) {
+        let spec = tracked.pod.spec.clone().unwrap_or_default();
         let statuses: Vec<Value> = spec
             .containers
             .iter()
-            .map(|c| match tracked.exited.get(&c.name) {
-                Some(code) => json!({"name": c.name, "ready": false, "restartCount": 0, "image": c.image,
-                    "state": {"terminated": {"exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" }}}}),
-                None => json!({"name": c.name, "ready": true, "restartCount": 0, "image": c.image,
-                    "state": {"running": {"startedAt": tracked.started_at}}}),
+            .map(|c| {
+                let restarts = tracked.restarts.get(&c.name).copied().unwrap_or(0);
+                let ready = tracked.container_ready(&c.name);
+                let state = match tracked.exited.get(&c.name) {
+                    Some(code) => json!({"terminated": {"exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" }}}),
+                    None => json!({"running": {"startedAt": tracked.started_at}}),
+                };
+                json!({"name": c.name, "ready": ready, "restartCount": restarts, "image": c.image, "state": state})
             })
             .collect();
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
         let all_exited = tracked.exited.len() == spec.containers.len();
-        let phase = if !all_exited {
+        let phase = if !all_exited || policy == "Always" {
             "Running"
         } else if tracked.exited.values().all(|c| *c == 0) {
             "Succeeded"
         } else {
             "Failed"
         };
-        let ready = tracked.exited.is_empty();
+        let ready = spec
+            .containers
+            .iter()
+            .all(|c| tracked.container_ready(&c.name));
         let previous = self.store.get("Pod", namespace, name).ok().flatten();
         let transition = previous
             .as_ref()

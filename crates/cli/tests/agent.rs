@@ -60,7 +60,7 @@ fn busybox_image(dir: &Path) {
     let root = dir.join("busybox-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "httpd", "wget", "echo", "sleep"] {
+    for applet in ["sh", "httpd", "wget", "echo", "sleep", "touch", "["] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let store = ImageStore::open(dir.join("images")).unwrap();
@@ -319,4 +319,95 @@ async fn bad_input_is_refused_and_failures_are_recorded() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("podsnap serve"), "{err}");
+}
+
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow, namespace: default}
+spec:
+  containers:
+  - name: server
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "sleep 2; exec httpd -f -p 8080 -h /bin"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /sh, port: http}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky, namespace: default}
+spec:
+  restartPolicy: OnFailure
+  volumes: [{name: state, emptyDir: {}}]
+  containers:
+  - name: job
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "if [ -f /state/ran ]; then echo second run; exit 0; fi; touch /state/ran; echo first run fails; exit 1"]
+    volumeMounts: [{name: state, mountPath: /state}]
+"#;
+
+fn ready_condition(pod: &Value) -> Value {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probes_gate_ready_and_failed_containers_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let (_agent, client, _) = start_agent(dir.path()).await;
+    apply(&client, PROBED).await.unwrap();
+    wait_phase(&client, "slow", "Running").await;
+    assert_eq!(
+        ready_condition(&pod(&client, "slow").await)["status"],
+        "False",
+        "not ready before the probe passes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pod(&client, "slow").await;
+        if ready_condition(&p)["status"] == "True" {
+            assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the readiness probe never passed: {}",
+            p["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The job fails once, is restarted after the back-off (10 s), then succeeds.
+    let done = wait_phase_within(&client, "flaky", "Succeeded", Duration::from_secs(40)).await;
+    assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 1);
+    let logs = client
+        .request(Method::GET, "/logs/default/flaky", None, "text/plain")
+        .await
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(
+        logs.contains("first run fails") && logs.contains("second run"),
+        "{logs}"
+    );
+}
+
+async fn wait_phase_within(client: &Client, name: &str, phase: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = pod(client, name).await;
+        if p["status"]["phase"] == phase {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {phase}: {}",
+            p["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

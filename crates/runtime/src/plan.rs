@@ -305,6 +305,131 @@ fn volume_has_no_source(v: &Volume) -> bool {
     copy == Volume::default()
 }
 
+/// When and how often a probe runs, with the kubelet's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTiming {
+    /// Wait before the first probe.
+    pub initial_delay: Duration,
+    /// Between probes.
+    pub period: Duration,
+    /// A probe taking longer fails.
+    pub timeout: Duration,
+    /// Successes in a row that make a failing probe succeed.
+    pub success_threshold: u32,
+    /// Failures in a row that make a succeeding probe fail.
+    pub failure_threshold: u32,
+}
+
+/// The timing of `probe`: initialDelaySeconds 0, periodSeconds 10, timeoutSeconds 1,
+/// successThreshold 1, failureThreshold 3 unless set.
+pub fn probe_timing(probe: &k8s_openapi::api::core::v1::Probe) -> ProbeTiming {
+    let secs =
+        |v: Option<i32>, default: u64| Duration::from_secs(v.map_or(default, |s| s.max(0) as u64));
+    ProbeTiming {
+        initial_delay: secs(probe.initial_delay_seconds, 0),
+        period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
+        timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+        success_threshold: probe.success_threshold.map_or(1, |v| v.max(1) as u32),
+        failure_threshold: probe.failure_threshold.map_or(3, |v| v.max(1) as u32),
+    }
+}
+
+/// The command that runs `probe` inside container `c`: exec probes as written; httpGet and
+/// tcpSocket through the helper busybox at `helper` (the sandbox's network is reachable only
+/// from inside it). Named ports are looked up in the container's ports.
+pub fn probe_command(
+    field: &str,
+    probe: &k8s_openapi::api::core::v1::Probe,
+    c: &Container,
+    helper: &str,
+) -> Result<Vec<String>, PlanError> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let port_of = |port: &IntOrString, at: &str| -> Result<i32, PlanError> {
+        match port {
+            IntOrString::Int(p) => Ok(*p),
+            IntOrString::String(name) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port)
+                .ok_or_else(|| plan_error(at, format!("the container has no port named `{name}`"))),
+        }
+    };
+    let timeout = probe.timeout_seconds.unwrap_or(1).max(1).to_string();
+    let busybox = format!("{helper}/busybox");
+    if let Some(exec) = &probe.exec {
+        let command = exec.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err(plan_error(
+                format!("{field}.exec.command"),
+                "the exec probe has no command",
+            ));
+        }
+        return Ok(command);
+    }
+    if let Some(http) = &probe.http_get {
+        if http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
+        {
+            return Err(plan_error(
+                format!("{field}.httpGet.scheme"),
+                "HTTPS probes are not supported by the embedded node yet; use HTTP or an exec probe",
+            ));
+        }
+        let port = port_of(&http.port, &format!("{field}.httpGet.port"))?;
+        let host = http
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let path = http
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        // No `-T`: busybox wget's timeout crashes under gVisor; the caller bounds the probe.
+        let mut cmd = vec![
+            busybox,
+            "wget".into(),
+            "-q".into(),
+            "-O".into(),
+            "/dev/null".into(),
+        ];
+        for header in http.http_headers.iter().flatten() {
+            cmd.push("--header".into());
+            cmd.push(format!("{}: {}", header.name, header.value));
+        }
+        cmd.push(format!("http://{host}:{port}{path}"));
+        return Ok(cmd);
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let port = port_of(&tcp.port, &format!("{field}.tcpSocket.port"))?;
+        let host = tcp
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        return Ok(vec![
+            busybox.clone(),
+            "nc".into(),
+            "-w".into(),
+            timeout,
+            host,
+            port.to_string(),
+            "-e".into(),
+            busybox,
+            "true".into(),
+        ]);
+    }
+    Err(plan_error(
+        field,
+        "the probe has no handler the embedded node supports (exec, httpGet, tcpSocket)",
+    ))
+}
+
 /// How long the kubelet waits before restarting a container that exited `restarts` times:
 /// 10 s doubling up to 5 minutes.
 pub fn restart_backoff(restarts: u32) -> Duration {
@@ -507,6 +632,94 @@ mod tests {
         assert_eq!(expand("$", &vars), "$");
         assert_eq!(expand("$(A", &vars), "$(A");
         assert_eq!(expand("cost: $$5", &vars), "cost: $5");
+    }
+
+    #[test]
+    fn probes_become_commands_with_defaults() {
+        use k8s_openapi::api::core::v1::{
+            ContainerPort, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
+        };
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let c = Container {
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: 8080,
+                ..Default::default()
+            }]),
+            ..container()
+        };
+        let http = Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::String("http".into()),
+                path: Some("/healthz".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            probe_command("p", &http, &c, "/.podsnap").unwrap(),
+            [
+                "/.podsnap/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                "http://127.0.0.1:8080/healthz"
+            ]
+        );
+        let tcp = Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(5432),
+                ..Default::default()
+            }),
+            timeout_seconds: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            probe_command("p", &tcp, &c, "/h").unwrap()[..6],
+            ["/h/busybox", "nc", "-w", "3", "127.0.0.1", "5432"]
+        );
+        let exec = Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["cat".into(), "/ready".into()]),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            probe_command("p", &exec, &c, "/h").unwrap(),
+            ["cat", "/ready"]
+        );
+        let unnamed = Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::String("admin".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            probe_command("p", &unnamed, &c, "/h").unwrap_err().field,
+            "p.httpGet.port"
+        );
+        assert!(probe_command("p", &Probe::default(), &c, "/h").is_err());
+        let t = probe_timing(&Probe::default());
+        assert_eq!(
+            (
+                t.period,
+                t.timeout,
+                t.success_threshold,
+                t.failure_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 1, 3)
+        );
+        let t = probe_timing(&Probe {
+            period_seconds: Some(2),
+            initial_delay_seconds: Some(5),
+            ..Default::default()
+        });
+        assert_eq!(
+            (t.period, t.initial_delay),
+            (Duration::from_secs(2), Duration::from_secs(5))
+        );
     }
 
     #[test]

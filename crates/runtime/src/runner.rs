@@ -92,6 +92,28 @@ impl RunningPod {
     }
 }
 
+/// Where the helper tools (a static busybox) appear in every container, for probes.
+pub const HELPER_DIR: &str = "/.podsnap";
+
+fn hostname_of(pod: &Pod, fields: &PodFields) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fields.name.clone())
+}
+
+/// The Pod annotations the sandbox runtime reads (`dev.gvisor.*`).
+fn runtime_annotations(pod: &Pod) -> std::collections::BTreeMap<String, String> {
+    pod.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("dev.gvisor."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Runs Pods with an engine and the local image store.
 #[derive(Clone)]
 pub struct PodRunner {
@@ -151,56 +173,20 @@ impl PodRunner {
             field: "spec".into(),
             problem: "the Pod has no spec".into(),
         })?;
-        let meta = &pod.metadata;
-        let fields = PodFields {
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            uid: meta.uid.clone().unwrap_or_default(),
-            pod_ip: "127.0.0.1".into(),
-            node_name: spec.node_name.clone().unwrap_or_default(),
-        };
-        let sandbox_id = plan::sandbox_id(&fields.namespace, &fields.name, &fields.uid);
-        let dir = self.pod_dir(&sandbox_id);
+        let (fields, sandbox_id, dir) = self.identity(pod);
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(io_err(format!("creating {}", dir.display())))?;
-        let volumes = spec.volumes.clone().unwrap_or_default();
-        for v in &volumes {
+        for v in spec.volumes.iter().flatten() {
             if v.host_path.is_none() {
                 std::fs::create_dir_all(dir.join("volumes").join(&v.name))
                     .map_err(io_err("creating a volume"))?;
             }
         }
+        let hostname = hostname_of(pod, &fields);
+        let annotations = runtime_annotations(pod);
         // Plan every container before starting anything, so a mistake starts nothing.
-        let hostname = spec
-            .hostname
-            .clone()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| fields.name.clone());
-        let annotations: std::collections::BTreeMap<String, String> = meta
-            .annotations
-            .iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with("dev.gvisor."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let plan_container = |list: &str, i: usize, c: &Container| -> Result<ContainerSpec> {
-            let field = format!("spec.{list}[{i}]");
-            let image_name = c.image.as_deref().unwrap_or_default();
-            let image = self.images.get(image_name)?;
-            let process = plan::process(&field, pod, c, &image.config, &fields)?;
-            Ok(ContainerSpec {
-                id: plan::container_id(&sandbox_id, &c.name),
-                rootfs: self.images.rootfs(&image),
-                args: process.args,
-                env: process.env,
-                cwd: process.cwd,
-                user: process.user,
-                hostname: hostname.clone(),
-                mounts: plan::mounts(&field, c, &volumes, &dir)?,
-                log_file: dir.join("logs").join(format!("{}.log", c.name)),
-                annotations: annotations.clone(),
-            })
-        };
+        let plan_container =
+            |list: &str, i: usize, c: &Container| self.container_spec(pod, list, i, c);
         let init: Vec<ContainerSpec> = spec
             .init_containers
             .iter()
@@ -278,6 +264,90 @@ impl PodRunner {
             sandbox_id,
             dir,
         })
+    }
+
+    /// The Pod's field values, sandbox id and directory.
+    fn identity(&self, pod: &Pod) -> (PodFields, String, PathBuf) {
+        let meta = &pod.metadata;
+        let fields = PodFields {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            uid: meta.uid.clone().unwrap_or_default(),
+            pod_ip: "127.0.0.1".into(),
+            node_name: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+        };
+        let sandbox_id = plan::sandbox_id(&fields.namespace, &fields.name, &fields.uid);
+        let dir = self.pod_dir(&sandbox_id);
+        (fields, sandbox_id, dir)
+    }
+
+    /// The engine spec of container `c` (at `spec.LIST[i]`) of `pod`. Every container gets the
+    /// helper directory at [`HELPER_DIR`] (a static busybox) that probes run.
+    fn container_spec(
+        &self,
+        pod: &Pod,
+        list: &str,
+        i: usize,
+        c: &Container,
+    ) -> Result<ContainerSpec> {
+        let (fields, sandbox_id, dir) = self.identity(pod);
+        let field = format!("spec.{list}[{i}]");
+        let image = self.images.get(c.image.as_deref().unwrap_or_default())?;
+        let process = plan::process(&field, pod, c, &image.config, &fields)?;
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut mounts = plan::mounts(&field, c, &volumes, &dir)?;
+        mounts.push(podsnap_engine::Mount {
+            destination: HELPER_DIR.into(),
+            source: self.pause_rootfs.join("bin"),
+            kind: podsnap_engine::MountKind::Bind,
+            read_only: true,
+        });
+        Ok(ContainerSpec {
+            id: plan::container_id(&sandbox_id, &c.name),
+            rootfs: self.images.rootfs(&image),
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            user: process.user,
+            hostname: hostname_of(pod, &fields),
+            mounts,
+            log_file: dir.join("logs").join(format!("{}.log", c.name)),
+            annotations: runtime_annotations(pod),
+        })
+    }
+
+    /// Starts container `name` of a running Pod again (after it exited or failed its liveness
+    /// probe): the old one is removed, a new one starts with the same spec.
+    pub async fn restart_container(
+        &self,
+        pod: &Pod,
+        running: &RunningPod,
+        name: &str,
+    ) -> Result<()> {
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        let (i, c) = spec
+            .containers
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        let container = self.container_spec(pod, "containers", i, c)?;
+        self.engine.delete(&container.id).await?;
+        self.engine
+            .start_container(&running.sandbox_id, &container)
+            .await?;
+        Ok(())
     }
 
     /// Runs a command in container `name` (the first one when `None`).
