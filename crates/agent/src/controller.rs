@@ -90,6 +90,27 @@ pub struct Controller {
     runner: PodRunner,
     pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
+    relays: Arc<Mutex<HashMap<(String, String), Vec<tokio::task::JoinHandle<()>>>>>,
+}
+
+/// The hostPort mappings of a running Pod.
+fn port_mappings(tracked: &Tracked) -> Vec<crate::relay::PortMapping> {
+    let mut out = Vec::new();
+    for c in tracked.pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let Ok(id) = tracked.running.container_id(Some(&c.name)) else {
+            continue;
+        };
+        for port in c.ports.iter().flatten() {
+            if let Some(host_port) = port.host_port.filter(|p| *p > 0) {
+                out.push(crate::relay::PortMapping {
+                    host_port: host_port as u16,
+                    container_port: port.container_port as u16,
+                    container_id: id.to_owned(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn pod_key(pod: &Value) -> (String, String) {
@@ -108,6 +129,7 @@ impl Controller {
             runner,
             pods: Arc::new(Mutex::new(HashMap::new())),
             failed: Arc::new(Mutex::new(HashMap::new())),
+            relays: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -169,6 +191,13 @@ impl Controller {
             let tracked = Tracked::new(uid, pod, running, started_at);
             self.watch_containers(&namespace, &name, &tracked).await;
             self.probe_containers(&namespace, &name, &tracked);
+            let mappings = port_mappings(&tracked);
+            if let Ok(handles) = crate::relay::start(self.runner.engine().clone(), mappings).await {
+                self.relays
+                    .lock()
+                    .await
+                    .insert((namespace.clone(), name.clone()), handles);
+            }
             self.pods.lock().await.insert((namespace, name), tracked);
         }
         for id in existing.iter().rev() {
@@ -294,6 +323,9 @@ impl Controller {
                 .collect()
         };
         for (key, tracked) in stale {
+            for handle in self.relays.lock().await.remove(&key).unwrap_or_default() {
+                handle.abort();
+            }
             if let Err(e) = self.runner.stop(&tracked.running, tracked.grace()).await {
                 tracing::warn!(error = %e, "stopping a deleted Pod");
             }
@@ -307,7 +339,22 @@ impl Controller {
                 "stopped the Pod's containers",
             );
         }
-        for (key, value) in wanted {
+        // Oldest first, so that of two Pods competing for a host port the earlier one wins.
+        let mut order: Vec<((String, String), Value)> = wanted.into_iter().collect();
+        order.sort_by_key(|(_, p)| {
+            let meta = &p["metadata"];
+            (
+                meta["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                meta["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0),
+            )
+        });
+        for (key, value) in order {
             let uid = value["metadata"]["uid"]
                 .as_str()
                 .unwrap_or_default()
@@ -342,6 +389,18 @@ impl Controller {
         match self.runner.start(&pod).await {
             Ok(running) => {
                 let tracked = Tracked::new(uid.to_owned(), pod, running, now());
+                match crate::relay::start(self.runner.engine().clone(), port_mappings(&tracked))
+                    .await
+                {
+                    Ok(handles) => {
+                        self.relays.lock().await.insert(key.clone(), handles);
+                    }
+                    Err(message) => {
+                        let _ = self.runner.stop(&tracked.running, Duration::ZERO).await;
+                        self.fail(key, uid, "PortConflict", &message).await;
+                        return;
+                    }
+                }
                 let _ = self.store.event(
                     "Normal",
                     "Started",

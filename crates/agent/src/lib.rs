@@ -5,4 +5,5 @@
 pub mod api;
 pub mod client;
 pub mod controller;
+pub mod relay;
 pub mod store;

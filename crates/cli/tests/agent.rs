@@ -411,3 +411,82 @@ async fn wait_phase_within(client: &Client, name: &str, phase: &str, limit: Dura
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+const PORTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: exposed, namespace: default}
+spec:
+  containers:
+  - name: server
+    image: localhost/busybox
+    command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/bin"]
+    ports: [{containerPort: 8080, hostPort: 18431}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: clash, namespace: default}
+spec:
+  containers:
+  - name: server
+    image: localhost/busybox
+    command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/bin"]
+    ports: [{containerPort: 8080, hostPort: 18431}]
+"#;
+
+/// GET through the host port; the response body.
+async fn host_get(port: u16, path: &str) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status_line = response.split(|b| *b == b'\n').next()?;
+    String::from_utf8_lossy(status_line)
+        .contains(" 200 ")
+        .then(|| response[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let (_agent, client, _) = start_agent(dir.path()).await;
+    apply(&client, PORTS).await.unwrap();
+    wait_phase(&client, "exposed", "Running").await;
+    let expected = std::fs::read("/bin/busybox").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Some(body) = host_get(18431, "/busybox").await {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the host port never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        body.len(),
+        expected.len(),
+        "the whole file came through the relay"
+    );
+    assert!(body == expected);
+    let failed = wait_phase(&client, "clash", "Failed").await;
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hostPort 18431"),
+        "{}",
+        failed["status"]
+    );
+    assert_eq!(failed["status"]["reason"], "PortConflict");
+}

@@ -492,6 +492,21 @@ impl Engine for GvisorEngine {
         })
     }
 
+    async fn exec_piped(
+        &self,
+        container_id: &str,
+        args: &[String],
+    ) -> Result<tokio::process::Child> {
+        let mut cmd = self.command_for(container_id);
+        cmd.arg("exec").arg(container_id).args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn()
+            .map_err(|e| EngineError::io("running runsc exec", e))
+    }
+
     async fn kill(&self, container_id: &str, signal: i32) -> Result<()> {
         self.run_checked(
             self.command_for(container_id)

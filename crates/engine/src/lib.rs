@@ -208,6 +208,14 @@ pub trait Engine: Send + Sync {
     async fn exec(&self, container_id: &str, args: &[String], env: &[String])
     -> Result<ExecOutput>;
 
+    /// Starts a command inside a running container with its standard input and output piped to
+    /// the caller (for port relays); the caller owns the child process.
+    async fn exec_piped(
+        &self,
+        container_id: &str,
+        args: &[String],
+    ) -> Result<tokio::process::Child>;
+
     /// Sends a signal (e.g. 15 for SIGTERM) to a container's processes.
     async fn kill(&self, container_id: &str, signal: i32) -> Result<()>;
 
