@@ -90,8 +90,11 @@ pub struct Controller {
     runner: PodRunner,
     pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
-    relays: Arc<Mutex<HashMap<(String, String), Vec<tokio::task::JoinHandle<()>>>>>,
+    relays: Arc<Mutex<HashMap<PodKey, Vec<tokio::task::JoinHandle<()>>>>>,
 }
+
+/// A Pod's namespace and name.
+type PodKey = (String, String);
 
 /// The hostPort mappings of a running Pod.
 fn port_mappings(tracked: &Tracked) -> Vec<crate::relay::PortMapping> {
