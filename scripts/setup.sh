@@ -8,6 +8,9 @@ need=()
 command -v runsc >/dev/null 2>&1 || need+=(runsc)
 # A static busybox: the root file system of the engine's tests and of Pod sandboxes' pause process.
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+# The demo script reports with curl and python3.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

@@ -97,6 +97,7 @@ fn distill_prints_the_spec_and_a_stable_hash() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("\"image\": \"localhost/podsnap-demo:latest\""));
+    assert!(text.contains("--state-mib=256"), "args are distilled");
     assert!(!text.contains("LOG_LEVEL"), "env is not distilled");
     let hash_line = text.lines().find(|l| l.starts_with("sha256: ")).unwrap();
     let only = podsnap(&["distill", "-f", &example("pod.yaml"), "--hash-only"]);
