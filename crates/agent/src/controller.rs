@@ -17,6 +17,9 @@ use tokio::sync::Mutex;
 
 use crate::store::{Store, now};
 
+/// The exit code recorded when a container ended before its code could be collected.
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
 /// Label on the Pods a Deployment owns.
 pub const DEPLOYMENT_LABEL: &str = "podsnap.dev/deployment";
 
@@ -167,17 +170,7 @@ impl Controller {
             if !alive {
                 continue;
             }
-            let containers: Vec<(String, String)> = pod
-                .spec
-                .iter()
-                .flat_map(|s| s.containers.iter())
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        podsnap_runtime::plan::container_id(&sandbox, &c.name),
-                    )
-                })
-                .collect();
+            let containers = podsnap_runtime::runner::container_ids(&pod, &sandbox);
             keep.push(sandbox.clone());
             keep.extend(containers.iter().map(|(_, id)| id.clone()));
             let dir = self.runner.pod_dir(&sandbox);
@@ -457,9 +450,25 @@ impl Controller {
         let me = self.clone();
         let key = (namespace.to_owned(), name.to_owned());
         let uid = uid.to_owned();
+        let recorded = self
+            .runner
+            .pod_dir_of(namespace, name, &uid)
+            .join("status")
+            .join(&container)
+            .join("exit");
         tokio::spawn(async move {
-            let Ok(code) = me.runner.engine().wait(&id).await else {
-                return;
+            let code = match me.runner.engine().wait(&id).await {
+                Ok(code) => code,
+                Err(_) if recorded.exists() => std::fs::read_to_string(&recorded)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(UNKNOWN_EXIT_CODE),
+                // The process ended before anyone could collect its code (runsc keeps no exit
+                // code once a sandbox is gone): record an unknown failure.
+                Err(_) => match me.runner.engine().state(&id).await {
+                    Ok(state) if state.status != podsnap_engine::Status::Stopped => return,
+                    _ => UNKNOWN_EXIT_CODE,
+                },
             };
             me.container_exited(&key, &uid, &container, code).await;
         });

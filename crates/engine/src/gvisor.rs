@@ -123,6 +123,8 @@ pub struct GvisorEngine {
     config: GvisorConfig,
     runsc: PathBuf,
     features: RunscFeatures,
+    /// Containers this process waits on in the background.
+    waiters: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl GvisorEngine {
@@ -131,7 +133,7 @@ impl GvisorEngine {
         let runsc = find_binary(&config.runsc).ok_or_else(|| EngineError::Missing {
             tool: config.runsc.display().to_string(),
         })?;
-        for dir in ["runsc", "bundles", "records", "checkpoints"] {
+        for dir in ["runsc", "bundles", "records", "checkpoints", "exits"] {
             let path = config.state_dir.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(|e| EngineError::io(format!("creating {}", path.display()), e))?;
@@ -169,6 +171,7 @@ impl GvisorEngine {
             config,
             runsc,
             features,
+            waiters: Default::default(),
         })
     }
 
@@ -291,7 +294,11 @@ impl GvisorEngine {
                 .run_with_log(&mut start, &spec.log_file, "start", &spec.id)
                 .await;
         }
-        if result.is_err() {
+        if result.is_ok() {
+            // Wait from right after the start: runsc forgets a sandbox's exit code once the
+            // sandbox is gone, so the code is recorded while runsc still has it.
+            self.spawn_waiter(&spec.id);
+        } else {
             let _ = self.delete(&spec.id).await;
         }
         result
@@ -350,6 +357,52 @@ impl GvisorEngine {
             });
         }
         Ok(out.stdout)
+    }
+}
+
+impl GvisorEngine {
+    fn exit_path(&self, container_id: &str) -> PathBuf {
+        self.config.state_dir.join("exits").join(container_id)
+    }
+
+    /// Runs `runsc wait` in the background from now on and records the exit code in a file
+    /// that [`Engine::wait`] reads.
+    fn spawn_waiter(&self, container_id: &str) {
+        let _ = std::fs::remove_file(self.exit_path(container_id));
+        self.waiters
+            .lock()
+            .expect("waiter lock")
+            .insert(container_id.to_owned());
+        let me = self.clone();
+        let id = container_id.to_owned();
+        tokio::spawn(async move {
+            if let Ok(code) = me.wait_direct(&id).await {
+                let _ = std::fs::write(me.exit_path(&id), code.to_string());
+            }
+            me.waiters.lock().expect("waiter lock").remove(&id);
+        });
+    }
+
+    /// `runsc wait`: works while runsc still knows the container.
+    async fn wait_direct(&self, container_id: &str) -> Result<i32> {
+        let out = self
+            .run_checked(
+                self.command_for(container_id).arg("wait").arg(container_id),
+                &format!("wait {container_id}"),
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct Waited {
+            #[serde(rename = "exitStatus")]
+            exit_status: i32,
+        }
+        let waited: Waited = serde_json::from_slice(&out).map_err(|e| EngineError::Command {
+            command: format!("runsc wait {container_id}"),
+            status: "unreadable output".into(),
+            stderr: e.to_string(),
+        })?;
+        // runsc reports the exit code, or 128 + the signal for a process killed by one.
+        Ok(waited.exit_status)
     }
 }
 
@@ -449,24 +502,37 @@ impl Engine for GvisorEngine {
     }
 
     async fn wait(&self, container_id: &str) -> Result<i32> {
-        let out = self
-            .run_checked(
-                self.command_for(container_id).arg("wait").arg(container_id),
-                &format!("wait {container_id}"),
-            )
-            .await?;
-        #[derive(Deserialize)]
-        struct Waited {
-            #[serde(rename = "exitStatus")]
-            exit_status: i32,
+        let exit_file = self.exit_path(container_id);
+        if self
+            .waiters
+            .lock()
+            .expect("waiter lock")
+            .contains(container_id)
+        {
+            // This process is already waiting: read what its waiter records.
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&exit_file)
+                    && let Ok(code) = text.trim().parse()
+                {
+                    return Ok(code);
+                }
+                if !self
+                    .waiters
+                    .lock()
+                    .expect("waiter lock")
+                    .contains(container_id)
+                {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
-        let waited: Waited = serde_json::from_slice(&out).map_err(|e| EngineError::Command {
-            command: format!("runsc wait {container_id}"),
-            status: "unreadable output".into(),
-            stderr: e.to_string(),
-        })?;
-        // runsc reports the exit code, or 128 + the signal for a process killed by one.
-        Ok(waited.exit_status)
+        if let Ok(text) = std::fs::read_to_string(&exit_file)
+            && let Ok(code) = text.trim().parse()
+        {
+            return Ok(code);
+        }
+        self.wait_direct(container_id).await
     }
 
     async fn exec(
@@ -531,6 +597,7 @@ impl Engine for GvisorEngine {
             )
             .await;
         let _ = std::fs::remove_file(self.record_path(container_id));
+        let _ = std::fs::remove_file(self.exit_path(container_id));
         let _ = std::fs::remove_dir_all(self.config.state_dir.join("bundles").join(container_id));
         match result {
             Ok(_) | Err(EngineError::NotFound(_)) => Ok(()),

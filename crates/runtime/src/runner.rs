@@ -86,6 +86,12 @@ impl RunningPod {
         }
     }
 
+    /// The file where the exit code of container `name` is recorded when it runs as the
+    /// sandbox's root.
+    pub fn exit_code_path(&self, name: &str) -> PathBuf {
+        self.dir.join("status").join(name).join("exit")
+    }
+
     /// The log file of container `name`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
@@ -94,6 +100,9 @@ impl RunningPod {
 
 /// Where the helper tools (a static busybox) appear in every container, for probes.
 pub const HELPER_DIR: &str = "/.podsnap";
+
+/// Where a sandbox's root process records its exit code (a host directory per container).
+pub const STATUS_DIR: &str = "/.podsnap-status";
 
 fn hostname_of(pod: &Pod, fields: &PodFields) -> String {
     pod.spec
@@ -112,6 +121,38 @@ fn runtime_annotations(pod: &Pod) -> std::collections::BTreeMap<String, String> 
         .filter(|(k, _)| k.starts_with("dev.gvisor."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Whether the Pod runs as a single-container sandbox (one container, no init containers).
+pub fn is_solo(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers.len() == 1 && s.init_containers.as_deref().unwrap_or_default().is_empty()
+    })
+}
+
+/// The engine ids of a Pod's containers, by name, in spec order.
+pub fn container_ids(pod: &Pod, sandbox_id: &str) -> Vec<(String, String)> {
+    let solo = is_solo(pod);
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            let id = if solo {
+                sandbox_id.to_owned()
+            } else {
+                plan::container_id(sandbox_id, &c.name)
+            };
+            (c.name.clone(), id)
+        })
+        .collect()
+}
+
+fn network_of(pod: &Pod) -> Network {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        Network::Host
+    } else {
+        Network::Loopback
+    }
 }
 
 /// Runs Pods with an engine and the local image store.
@@ -154,6 +195,11 @@ impl PodRunner {
             pods_dir,
             pause_rootfs,
         })
+    }
+
+    /// The directory of Pod `namespace/name` with uid `uid`.
+    pub fn pod_dir_of(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.pod_dir(&plan::sandbox_id(namespace, name, uid))
     }
 
     /// The directory of the Pod with sandbox `sandbox_id`.
@@ -200,11 +246,23 @@ impl PodRunner {
             .enumerate()
             .map(|(i, c)| plan_container("containers", i, c))
             .collect::<Result<_>>()?;
-        let network = if spec.host_network == Some(true) {
-            Network::Host
-        } else {
-            Network::Loopback
-        };
+        let network = network_of(pod);
+        if is_solo(pod) {
+            // One container and no init containers: the container is the sandbox's root, so
+            // the sandbox checkpoints and restores as one (runsc here cannot checkpoint a
+            // sandbox with containers inside a pause container).
+            let mut root = main.into_iter().next().expect("one container");
+            root.id = sandbox_id.clone();
+            self.record_exit_code(&mut root, &dir, &spec.containers[0].name)?;
+            self.engine
+                .create_sandbox(&sandbox_id, &root, &network)
+                .await?;
+            return Ok(RunningPod {
+                containers: container_ids(pod, &sandbox_id),
+                sandbox_id,
+                dir,
+            });
+        }
         let pause = ContainerSpec {
             id: sandbox_id.clone(),
             rootfs: self.pause_rootfs.clone(),
@@ -221,8 +279,14 @@ impl PodRunner {
             .create_sandbox(&sandbox_id, &pause, &network)
             .await?;
         let mut started = vec![sandbox_id.clone()];
+        let init_names: Vec<String> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
         let result = async {
-            for c in &init {
+            for (c, init_name) in init.iter().zip(&init_names) {
                 self.engine.start_container(&sandbox_id, c).await?;
                 started.push(c.id.clone());
                 let exit_code = self.engine.wait(&c.id).await?;
@@ -230,10 +294,7 @@ impl PodRunner {
                     let log = std::fs::read_to_string(&c.log_file).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(5).collect();
                     return Err(RuntimeError::InitFailed {
-                        container: c
-                            .id
-                            .trim_start_matches(&format!("{sandbox_id}-"))
-                            .to_owned(),
+                        container: init_name.clone(),
                         exit_code,
                         log_tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
                     });
@@ -256,11 +317,7 @@ impl PodRunner {
             return Err(e);
         }
         Ok(RunningPod {
-            containers: spec
-                .containers
-                .iter()
-                .map(|c| (c.name.clone(), plan::container_id(&sandbox_id, &c.name)))
-                .collect(),
+            containers: container_ids(pod, &sandbox_id),
             sandbox_id,
             dir,
         })
@@ -342,11 +399,46 @@ impl PodRunner {
             .enumerate()
             .find(|(_, c)| c.name == name)
             .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
-        let container = self.container_spec(pod, "containers", i, c)?;
-        self.engine.delete(&container.id).await?;
-        self.engine
-            .start_container(&running.sandbox_id, &container)
-            .await?;
+        let mut container = self.container_spec(pod, "containers", i, c)?;
+        if is_solo(pod) {
+            // The container is the sandbox: start the sandbox again.
+            container.id = running.sandbox_id.clone();
+            self.record_exit_code(&mut container, &running.dir, name)?;
+            self.engine.delete(&container.id).await?;
+            self.engine
+                .create_sandbox(&running.sandbox_id, &container, &network_of(pod))
+                .await?;
+        } else {
+            self.engine.delete(&container.id).await?;
+            self.engine
+                .start_container(&running.sandbox_id, &container)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Wraps a sandbox's root process so that its exit code lands in
+    /// [`RunningPod::exit_code_path`]: runsc forgets a sandbox's exit code once the sandbox is
+    /// gone, so a process that exits at once would otherwise leave no code behind.
+    fn record_exit_code(&self, spec: &mut ContainerSpec, pod_dir: &Path, name: &str) -> Result<()> {
+        let status_dir = pod_dir.join("status").join(name);
+        std::fs::create_dir_all(&status_dir).map_err(io_err("creating the status directory"))?;
+        let _ = std::fs::remove_file(status_dir.join("exit"));
+        spec.mounts.push(podsnap_engine::Mount {
+            destination: STATUS_DIR.into(),
+            source: status_dir,
+            kind: podsnap_engine::MountKind::Bind,
+            read_only: false,
+        });
+        let script = format!("\"$0\" \"$@\"; code=$?; echo $code > {STATUS_DIR}/exit; exit $code");
+        let mut args = vec![
+            format!("{HELPER_DIR}/busybox"),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ];
+        args.append(&mut spec.args);
+        spec.args = args;
         Ok(())
     }
 
