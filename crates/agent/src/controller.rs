@@ -36,13 +36,20 @@ fn template_hash(template: &Value) -> String {
 
 /// What the controller knows about one Pod it runs.
 #[derive(Clone, Debug)]
-struct Tracked {
-    uid: String,
-    pod: Pod,
-    running: RunningPod,
+pub(crate) struct Tracked {
+    pub(crate) uid: String,
+    pub(crate) pod: Pod,
+    pub(crate) running: RunningPod,
+    /// The PodSnapshot this Pod was restored from.
+    pub(crate) restored_from: Option<String>,
+    /// The Pod completed because its snapshot policy stops it after the checkpoint.
+    pub(crate) completed_by_checkpoint: bool,
+    /// Bumped whenever the sandbox is replaced under the Pod (a checkpoint stops it): exits
+    /// seen by waiters of an older generation are not the Pod's.
+    pub(crate) generation: u64,
     started_at: String,
     /// Container name → exit code, for containers that ended and were not restarted.
-    exited: BTreeMap<String, i32>,
+    pub(crate) exited: BTreeMap<String, i32>,
     /// Container name → restarts so far.
     restarts: BTreeMap<String, u32>,
     /// Container name → whether its readiness probe passes (absent: no probe result yet).
@@ -55,6 +62,9 @@ impl Tracked {
             uid,
             pod,
             running,
+            restored_from: None,
+            completed_by_checkpoint: false,
+            generation: 0,
             started_at,
             exited: BTreeMap::new(),
             restarts: BTreeMap::new(),
@@ -89,9 +99,16 @@ impl Tracked {
 /// Runs the Pods of a store.
 #[derive(Clone)]
 pub struct Controller {
-    store: Store,
-    runner: PodRunner,
-    pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
+    pub(crate) store: Store,
+    pub(crate) runner: PodRunner,
+    /// This node's fingerprint for the gvisor engine; `None` when it cannot be read (then no
+    /// snapshot is taken or restored, and events say why).
+    pub(crate) node: Option<podsnap_api::NodeFingerprint>,
+    /// Where checkpoint images and the chunk cache live.
+    pub(crate) state_dir: std::path::PathBuf,
+    /// Manual triggers being carried out.
+    pub(crate) busy_triggers: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub(crate) pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
     relays: Arc<Mutex<HashMap<PodKey, Vec<tokio::task::JoinHandle<()>>>>>,
 }
@@ -128,11 +145,20 @@ fn pod_key(pod: &Value) -> (String, String) {
 }
 
 impl Controller {
-    /// A controller over `store` running Pods with `runner`.
-    pub fn new(store: Store, runner: PodRunner) -> Self {
+    /// A controller over `store` running Pods with `runner`, keeping checkpoint images and
+    /// the chunk cache under `state_dir`.
+    pub fn new(store: Store, runner: PodRunner, state_dir: &std::path::Path) -> Self {
+        let runsc = podsnap_node::probe_runsc(None);
+        let host = podsnap_node::HostRoot::default();
+        let node = podsnap_node::probe_fingerprint(&host, &podsnap_node::EngineKind::Gvisor(runsc))
+            .map_err(|e| tracing::warn!(error = %e, "no node fingerprint: snapshots are off"))
+            .ok();
         Self {
             store,
             runner,
+            node,
+            state_dir: state_dir.to_path_buf(),
+            busy_triggers: Arc::new(Mutex::new(std::collections::HashSet::new())),
             pods: Arc::new(Mutex::new(HashMap::new())),
             failed: Arc::new(Mutex::new(HashMap::new())),
             relays: Arc::new(Mutex::new(HashMap::new())),
@@ -303,6 +329,7 @@ impl Controller {
     /// One reconciliation pass.
     pub async fn pass(&self) {
         self.reconcile_deployments();
+        self.reconcile_triggers().await;
         let stored = self.store.list("Pod", None).unwrap_or_default();
         let wanted: HashMap<(String, String), Value> =
             stored.into_iter().map(|p| (pod_key(&p), p)).collect();
@@ -382,9 +409,14 @@ impl Controller {
                 return;
             }
         };
-        match self.runner.start(&pod).await {
+        let (result, restored_from) = match self.try_restore(namespace, name, &pod).await {
+            Some((running, snapshot)) => (Ok(running), Some(snapshot)),
+            None => (self.runner.start(&pod).await, None),
+        };
+        match result {
             Ok(running) => {
-                let tracked = Tracked::new(uid.to_owned(), pod, running, now());
+                let mut tracked = Tracked::new(uid.to_owned(), pod, running, now());
+                tracked.restored_from = restored_from;
                 match crate::relay::start(self.runner.engine().clone(), port_mappings(&tracked))
                     .await
                 {
@@ -435,17 +467,25 @@ impl Controller {
     /// policy, restarts the container after the back-off.
     async fn watch_containers(&self, namespace: &str, name: &str, tracked: &Tracked) {
         for (container, id) in tracked.running.containers.clone() {
-            self.watch_container(namespace, name, &tracked.uid, container, id);
+            self.watch_container(
+                namespace,
+                name,
+                &tracked.uid,
+                container,
+                id,
+                tracked.generation,
+            );
         }
     }
 
-    fn watch_container(
+    pub(crate) fn watch_container(
         &self,
         namespace: &str,
         name: &str,
         uid: &str,
         container: String,
         id: String,
+        generation: u64,
     ) {
         let me = self.clone();
         let key = (namespace.to_owned(), name.to_owned());
@@ -470,6 +510,10 @@ impl Controller {
                     _ => UNKNOWN_EXIT_CODE,
                 },
             };
+            let current = me.pods.lock().await.get(&key).map(|t| t.generation);
+            if current.is_some_and(|g| g != generation) {
+                return;
+            }
             me.container_exited(&key, &uid, &container, code).await;
         });
     }
@@ -639,7 +683,9 @@ impl Controller {
             .spec
             .as_ref()
             .and_then(|s| s.restart_policy.clone());
-        if !podsnap_runtime::plan::should_restart(policy.as_deref(), code) {
+        if tracked.completed_by_checkpoint
+            || !podsnap_runtime::plan::should_restart(policy.as_deref(), code)
+        {
             return;
         }
         let restarts = tracked.restarts.get(container).copied().unwrap_or(0);
@@ -681,7 +727,15 @@ impl Controller {
                 );
                 self.write_status(namespace, name, &updated);
                 if let Ok(id) = updated.running.container_id(Some(container)) {
-                    self.watch_container(namespace, name, uid, container.to_owned(), id.to_owned());
+                    let generation = updated.generation;
+                    self.watch_container(
+                        namespace,
+                        name,
+                        uid,
+                        container.to_owned(),
+                        id.to_owned(),
+                        generation,
+                    );
                 }
             }
             Err(e) => {
@@ -697,7 +751,7 @@ impl Controller {
         }
     }
 
-    fn write_status(&self, namespace: &str, name: &str, tracked: &Tracked) {
+    pub(crate) fn write_status(&self, namespace: &str, name: &str, tracked: &Tracked) {
         let spec = tracked.pod.spec.clone().unwrap_or_default();
         let statuses: Vec<Value> = spec
             .containers
@@ -733,11 +787,30 @@ impl Controller {
             .filter(|c| c["status"] == if ready { "True" } else { "False" })
             .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
             .unwrap_or_else(now);
+        let mut conditions = vec![json!({
+            "type": "Ready",
+            "status": if ready { "True" } else { "False" },
+            "lastTransitionTime": transition
+        })];
+        if let Some(snapshot) = &tracked.restored_from {
+            conditions.push(json!({
+                "type": podsnap_api::POD_RESTORED_CONDITION,
+                "status": "True",
+                "reason": "Restored",
+                "message": format!("restored from PodSnapshot {snapshot}"),
+                "lastTransitionTime": tracked.started_at,
+            }));
+        }
+        let phase = if tracked.completed_by_checkpoint {
+            "Succeeded"
+        } else {
+            phase
+        };
         let status = json!({
             "phase": phase,
             "startTime": tracked.started_at,
             "podIP": "127.0.0.1",
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": transition}],
+            "conditions": conditions,
             "containerStatuses": statuses,
         });
         let _ = self.store.set_status("Pod", namespace, name, status);

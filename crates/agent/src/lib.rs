@@ -6,4 +6,5 @@ pub mod api;
 pub mod client;
 pub mod controller;
 pub mod relay;
+pub mod snapshots;
 pub mod store;

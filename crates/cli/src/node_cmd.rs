@@ -66,7 +66,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     .await?;
     let images = podsnap_image::ImageStore::open(&args.images)?;
     let runner = podsnap_runtime::PodRunner::new(Arc::new(engine), images, &args.state_dir)?;
-    let controller = podsnap_agent::controller::Controller::new(store.clone(), runner);
+    let controller =
+        podsnap_agent::controller::Controller::new(store.clone(), runner, &args.state_dir);
     let api = podsnap_agent::api::Api::new(store, controller.clone());
     tokio::spawn(controller.run());
     api.serve(&args.socket)

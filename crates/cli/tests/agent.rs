@@ -59,8 +59,9 @@ async fn start_agent(dir: &Path) -> (Agent, Client, Arc<GvisorEngine>) {
 fn busybox_image(dir: &Path) {
     let root = dir.join("busybox-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "httpd", "wget", "echo", "sleep", "touch", "["] {
+    for applet in ["sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let store = ImageStore::open(dir.join("images")).unwrap();
@@ -489,4 +490,148 @@ async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
         failed["status"]
     );
     assert_eq!(failed["status"]["reason"], "PortConflict");
+}
+
+const COUNTER_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default, labels: {app: counter}}
+spec:
+  containers:
+  - name: counter
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+"#;
+
+async fn count(client: &Client, pod: &str) -> u64 {
+    let out = client
+        .json(
+            Method::POST,
+            &format!("/exec/default/{pod}"),
+            Some(&json!({"command": ["/bin/cat", "/tmp/count"]})),
+        )
+        .await
+        .unwrap();
+    out["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let (_agent, client, _) = start_agent(dir.path()).await;
+    let setup = format!(
+        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: counter, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: counter}}}}\n  triggerConfig: {{type: manual, postCheckpoint: resume}}\n---{}",
+        dir.path().join("snapshots").display(),
+        COUNTER_POD.replace("NAME", "origin")
+    );
+    apply(&client, &setup).await.unwrap();
+    wait_phase(&client, "origin", "Running").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = count(&client, "origin").await;
+    assert!(before > 0);
+
+    apply(&client, "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: now, namespace: default}\nspec: {targetPod: origin}\n").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let snapshot = loop {
+        let trigger = client
+            .json(
+                Method::GET,
+                "/objects/PodSnapshotManualTrigger/default/now",
+                None,
+            )
+            .await
+            .unwrap();
+        let reason = trigger["status"]["conditions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if reason == "Complete" {
+            break trigger["status"]["snapshotCreated"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert_ne!(reason, "Failed", "{}", trigger["status"]);
+        assert!(Instant::now() < deadline, "the trigger never completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored = client
+        .json(
+            Method::GET,
+            &format!("/objects/PodSnapshot/default/{snapshot}"),
+            None,
+        )
+        .await
+        .unwrap();
+    let ready = stored["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["reason"], "AllSnapshotsAvailable");
+    assert_eq!(
+        stored["metadata"]["annotations"]["podsnap.dev/origin-pod"],
+        "origin"
+    );
+    // postCheckpoint: resume — the origin goes on, not restarted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let origin = pod(&client, "origin").await;
+    assert_eq!(
+        origin["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{}",
+        origin["status"]
+    );
+    assert!(count(&client, "origin").await > before);
+
+    // A new Pod with the same spec is restored: its counter goes on from the snapshot.
+    apply(&client, &COUNTER_POD.replace("NAME", "replica"))
+        .await
+        .unwrap();
+    let replica = wait_phase(&client, "replica", "Running").await;
+    let restored = replica["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodRestored")
+        .cloned();
+    let restored = restored.unwrap_or_else(|| panic!("not restored: {}", replica["status"]));
+    assert!(restored["message"].as_str().unwrap().contains(&snapshot));
+    assert!(
+        count(&client, "replica").await >= before,
+        "the replica's counter did not start over"
+    );
+
+    // A Pod whose distilled spec differs starts cold, and the event says why.
+    let changed = COUNTER_POD
+        .replace("NAME", "changed")
+        .replace("sleep 0.1", "sleep 0.2");
+    apply(&client, &changed).await.unwrap();
+    let cold = wait_phase(&client, "changed", "Running").await;
+    assert!(
+        cold["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "PodRestored")
+    );
+    let events = client
+        .json(Method::GET, "/events?namespace=default&name=changed", None)
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"HashMismatch"), "{reasons:?}");
 }

@@ -661,6 +661,7 @@ impl Engine for GvisorEngine {
                 .arg(sandbox_id);
             self.run_with_log(&mut cmd, &log, "restore", sandbox_id)
                 .await?;
+            self.spawn_waiter(sandbox_id);
         }
         Ok(CheckpointImage {
             dir: image_dir.to_path_buf(),

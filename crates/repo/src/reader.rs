@@ -109,14 +109,16 @@ impl Snapshot {
         progress.start(&format!("reading {name}"), Some(stream.size));
         let offsets = stream.offsets();
         let concurrency = self.repo.inner.options.concurrency.max(1);
-        let stats: Vec<bool> = futures::stream::iter(stream.chunks.iter().zip(offsets))
-            .map(|(chunk, offset)| {
+        let chunks: Vec<(ChunkRef, u64)> = stream.chunks.iter().cloned().zip(offsets).collect();
+        let stats: Vec<bool> = futures::stream::iter(chunks)
+            .map(|(chunk, offset): (ChunkRef, u64)| {
                 let file = Arc::clone(&file);
+                let snapshot = self.clone();
                 async move {
                     if chunk.id.is_none() {
                         return Ok((false, u64::from(chunk.len)));
                     }
-                    let data = self.fetch(chunk).await?;
+                    let data = snapshot.fetch(&chunk).await?;
                     let len = data.len() as u64;
                     tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
                         .await

@@ -215,6 +215,21 @@ impl PodRunner {
     /// Starts `pod`: its sandbox, its init containers to completion, then its containers. On
     /// any failure everything started is removed again.
     pub async fn start(&self, pod: &Pod) -> Result<RunningPod> {
+        self.start_with(pod, None).await
+    }
+
+    /// Starts a single-container `pod` from a checkpoint image of the engine instead of from
+    /// its entry point.
+    pub async fn restore(&self, pod: &Pod, image_dir: &Path) -> Result<RunningPod> {
+        if !is_solo(pod) {
+            return Err(RuntimeError::Engine(EngineError::Unsupported(
+                "only Pods with one container and no init containers restore from snapshots on this engine".into(),
+            )));
+        }
+        self.start_with(pod, Some(image_dir)).await
+    }
+
+    async fn start_with(&self, pod: &Pod, image_dir: Option<&Path>) -> Result<RunningPod> {
         let spec = pod.spec.as_ref().ok_or_else(|| PlanError {
             field: "spec".into(),
             problem: "the Pod has no spec".into(),
@@ -254,9 +269,18 @@ impl PodRunner {
             let mut root = main.into_iter().next().expect("one container");
             root.id = sandbox_id.clone();
             self.record_exit_code(&mut root, &dir, &spec.containers[0].name)?;
-            self.engine
-                .create_sandbox(&sandbox_id, &root, &network)
-                .await?;
+            match image_dir {
+                Some(image) => {
+                    self.engine
+                        .restore(&sandbox_id, &root, &network, image)
+                        .await?
+                }
+                None => {
+                    self.engine
+                        .create_sandbox(&sandbox_id, &root, &network)
+                        .await?
+                }
+            }
             return Ok(RunningPod {
                 containers: container_ids(pod, &sandbox_id),
                 sandbox_id,

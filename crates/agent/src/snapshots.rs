@@ -1,0 +1,441 @@
+//! Snapshots on the node: manual triggers carried out (checkpoint, upload, a PodSnapshot that
+//! becomes Ready), and new Pods restored from the snapshot that fits them — or started cold with
+//! the reason recorded.
+//!
+//! The decisions (which policy governs a Pod, which snapshot fits it on this node) are
+//! `podsnap-core`'s pure functions; this module gathers the facts and carries the decisions out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use podsnap_api::{
+    PodSnapshot, PodSnapshotPolicy, PodSnapshotStorageConfig, PostCheckpoint, TriggerType,
+};
+use podsnap_core::{
+    DistilledSpec, NoSnapshot, PodFacts, PolicyMatch, Selection, governing_policy, select_snapshot,
+};
+use podsnap_repo::{Chunking, RepoOptions, Repository, SnapshotMetadata};
+use podsnap_runtime::RunningPod;
+use serde_json::{Value, json};
+
+use crate::controller::Controller;
+use crate::store::now;
+
+fn typed<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
+    values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+fn labels_of(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.labels.clone().unwrap_or_default()
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now()})
+}
+
+impl Controller {
+    fn repository(&self, storage_name: &str) -> Result<Repository, String> {
+        let value = self
+            .store
+            .get("PodSnapshotStorageConfig", "", storage_name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("PodSnapshotStorageConfig {storage_name} does not exist; apply it first")
+            })?;
+        let config: PodSnapshotStorageConfig =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let location =
+            podsnap_repo::open(&config.spec.snapshot_storage_config, &Default::default())
+                .map_err(|e| e.to_string())?;
+        let options = RepoOptions {
+            cache: Some((self.state_dir.join("chunk-cache"), 20 << 30)),
+            ..RepoOptions::default()
+        };
+        Repository::new(location, None, options).map_err(|e| e.to_string())
+    }
+
+    fn policies(&self, namespace: &str) -> Vec<PodSnapshotPolicy> {
+        typed(
+            self.store
+                .list("PodSnapshotPolicy", Some(namespace))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Starts every manual trigger that has not fired yet.
+    pub(crate) async fn reconcile_triggers(&self) {
+        for trigger in self
+            .store
+            .list("PodSnapshotManualTrigger", None)
+            .unwrap_or_default()
+        {
+            if trigger["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+            {
+                continue;
+            }
+            let uid = trigger["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if !self.busy_triggers.lock().await.insert(uid) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move { me.run_trigger(trigger).await });
+        }
+    }
+
+    async fn run_trigger(&self, trigger: Value) {
+        let namespace = trigger["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let name = trigger["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let target = trigger["spec"]["targetPod"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let result = self.checkpoint_pod(&namespace, &target, Some(&name)).await;
+        let status = match &result {
+            Ok(snapshot) => json!({
+                "conditions": [condition("Triggered", "True", "Complete", &format!("created PodSnapshot {snapshot}"))],
+                "snapshotCreated": {"name": snapshot},
+            }),
+            Err(message) => {
+                json!({"conditions": [condition("Triggered", "False", "Failed", message)]})
+            }
+        };
+        let _ = self
+            .store
+            .set_status("PodSnapshotManualTrigger", &namespace, &name, status);
+        match result {
+            Ok(snapshot) => {
+                let _ = self.store.event(
+                    "Normal",
+                    "Triggered",
+                    "PodSnapshotManualTrigger",
+                    &namespace,
+                    &name,
+                    &format!("snapshot {snapshot} of Pod {target} is ready"),
+                );
+            }
+            Err(message) => {
+                let _ = self.store.event(
+                    "Warning",
+                    "Failed",
+                    "PodSnapshotManualTrigger",
+                    &namespace,
+                    &name,
+                    &message,
+                );
+            }
+        }
+    }
+
+    /// Checkpoints a running Pod and uploads it: a PodSnapshot that moves from
+    /// AwaitingCheckpoint to AllSnapshotsAvailable, or says what failed.
+    pub(crate) async fn checkpoint_pod(
+        &self,
+        namespace: &str,
+        pod_name: &str,
+        trigger: Option<&str>,
+    ) -> Result<String, String> {
+        let key = (namespace.to_owned(), pod_name.to_owned());
+        let tracked = self
+            .pods
+            .lock()
+            .await
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("Pod {pod_name} is not running in namespace {namespace}"))?;
+        let pod = tracked.pod.clone();
+        if !podsnap_runtime::runner::is_solo(&pod) {
+            return Err(format!(
+                "Pod {pod_name} has several containers or init containers; the gvisor engine here snapshots single-container Pods only"
+            ));
+        }
+        let labels = labels_of(&pod);
+        let policies = self.policies(namespace);
+        let policy = match governing_policy(namespace, &labels, &policies) {
+            PolicyMatch::One(p) => p.clone(),
+            PolicyMatch::None => {
+                return Err(format!("no PodSnapshotPolicy selects Pod {pod_name}"));
+            }
+            PolicyMatch::Ambiguous(ps) => {
+                let names: Vec<String> =
+                    ps.iter().filter_map(|p| p.metadata.name.clone()).collect();
+                return Err(format!(
+                    "policies {} all select Pod {pod_name}; make their selectors disjoint",
+                    names.join(", ")
+                ));
+            }
+        };
+        let policy_name = policy.metadata.name.clone().unwrap_or_default();
+        if trigger.is_some() && policy.spec.trigger_config.type_ != TriggerType::Manual {
+            return Err(format!(
+                "policy {policy_name} has a workload trigger; manual triggers are ignored for it"
+            ));
+        }
+        let node = self
+            .node
+            .clone()
+            .ok_or("this node's fingerprint could not be read; see the agent's log")?;
+        let repo = self.repository(&policy.spec.storage_config_name)?;
+        let hash = DistilledSpec::from_pod(&pod)
+            .map_err(|e| e.to_string())?
+            .hash();
+        let snapshot = uuid::Uuid::new_v4().to_string();
+        let mut snapshot_labels = serde_json::Map::new();
+        for key in policy.spec.group_labels() {
+            if let Some(v) = labels.get(key) {
+                snapshot_labels.insert(key.clone(), json!(v));
+            }
+        }
+        if let Some(t) = trigger {
+            snapshot_labels.insert(podsnap_api::TRIGGERED_BY_LABEL.into(), json!(t));
+        }
+        let object = json!({
+            "apiVersion": podsnap_api::API_VERSION,
+            "kind": "PodSnapshot",
+            "metadata": {"name": snapshot, "namespace": namespace, "labels": snapshot_labels,
+                         "annotations": {podsnap_api::ORIGIN_POD_ANNOTATION: pod_name}},
+            "spec": {"policyName": policy_name},
+        });
+        self.store
+            .apply("PodSnapshot", namespace, &snapshot, object)
+            .map_err(|e| e.to_string())?;
+        let awaiting = json!({"conditions": [
+            condition("Checkpoint", "Unknown", "AwaitingCheckpoint", ""),
+            condition("Ready", "False", "AwaitingCheckpoint", ""),
+        ], "observedCheckpointRetryCount": 0});
+        let _ = self
+            .store
+            .set_status("PodSnapshot", namespace, &snapshot, awaiting);
+        let result = self
+            .checkpoint_and_upload(
+                &tracked.running,
+                &pod,
+                &policy,
+                &repo,
+                &snapshot,
+                &hash.to_string(),
+                &node,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                let status = json!({
+                    "conditions": [
+                        condition("Checkpoint", "True", "Succeeded", ""),
+                        condition("StorageReplicated", "True", "Succeeded", ""),
+                        condition("Ready", "True", "AllSnapshotsAvailable", ""),
+                    ],
+                    "observedCheckpointRetryCount": 0,
+                    "storageStatus": {"observedPath": format!("{}/snapshots/{snapshot}", repo.url())},
+                    "restoreRequirements": {"scope": policy.spec.scope(), "distilledSpecHash": hash.to_string(), "node": node},
+                });
+                let _ = self
+                    .store
+                    .set_status("PodSnapshot", namespace, &snapshot, status);
+                let _ = self.store.event(
+                    "Normal",
+                    "Checkpointed",
+                    "Pod",
+                    namespace,
+                    pod_name,
+                    &format!("snapshot {snapshot} is stored"),
+                );
+                Ok(snapshot)
+            }
+            Err(message) => {
+                let status = json!({"conditions": [
+                    condition("Checkpoint", "False", "Failed", &message),
+                    condition("Ready", "False", "Failed", &message),
+                ]});
+                let _ = self
+                    .store
+                    .set_status("PodSnapshot", namespace, &snapshot, status);
+                Err(message)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint_and_upload(
+        &self,
+        running: &RunningPod,
+        pod: &Pod,
+        policy: &PodSnapshotPolicy,
+        repo: &Repository,
+        snapshot: &str,
+        hash: &str,
+        node: &podsnap_api::NodeFingerprint,
+    ) -> Result<(), String> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let resume = policy.spec.trigger_config.post_checkpoint() == PostCheckpoint::Resume;
+        let image_dir = self.state_dir.join("checkpoints").join(snapshot);
+        let _ = std::fs::remove_dir_all(&image_dir);
+        let engine = self.runner.engine().clone();
+        let key = (namespace.clone(), name.clone());
+        // The checkpoint stops the sandbox: its waiters' reports are not an exit of the Pod.
+        if let Some(t) = self.pods.lock().await.get_mut(&key) {
+            t.generation += 1;
+        }
+        let image = engine
+            .checkpoint(&running.sandbox_id, &image_dir, resume)
+            .await
+            .map_err(|e| format!("the checkpoint failed: {e}"))?;
+        if let Some((container, id)) = running.containers.first().cloned() {
+            if resume {
+                // The sandbox was restored in place: wait on the new one.
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let generation = self.pods.lock().await.get(&key).map_or(0, |t| t.generation);
+                self.watch_container(&namespace, &name, &uid, container, id, generation);
+            } else if let Some(t) = self.pods.lock().await.get_mut(&key) {
+                t.completed_by_checkpoint = true;
+                t.exited.insert(container, 0);
+            }
+        }
+        if let Some(t) = self.pods.lock().await.get(&key).cloned() {
+            self.write_status(&namespace, &name, &t);
+        }
+        let metadata = SnapshotMetadata {
+            policy: policy.metadata.name.clone(),
+            distilled_spec_hash: Some(hash.to_owned()),
+            node: Some(node.clone()),
+            engine: Some(node.engine.clone()),
+            labels: BTreeMap::new(),
+        };
+        let upload = async {
+            let mut writer = repo.begin_snapshot(snapshot, metadata).await?;
+            for (file, size) in &image.files {
+                let stream = format!("gvisor/{}", file.to_ascii_lowercase());
+                let source = std::fs::File::open(image_dir.join(file))
+                    .map_err(|e| podsnap_repo::RepoError::io(format!("reading {file}"), e))?;
+                writer
+                    .add_stream(
+                        &stream,
+                        Chunking::MEMORY,
+                        source,
+                        Some(*size),
+                        &podsnap_repo::NoProgress,
+                    )
+                    .await?;
+            }
+            writer.commit().await
+        };
+        let uploaded = upload
+            .await
+            .map_err(|e| format!("uploading the snapshot failed: {e}"));
+        let _ = std::fs::remove_dir_all(&image_dir);
+        uploaded.map(|_| ())
+    }
+
+    /// Restores `pod` from the snapshot that fits it, if any; records why not otherwise.
+    pub(crate) async fn try_restore(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &Pod,
+    ) -> Option<(RunningPod, String)> {
+        let labels = labels_of(pod);
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let policies = self.policies(namespace);
+        let snapshots: Vec<PodSnapshot> = typed(
+            self.store
+                .list("PodSnapshot", Some(namespace))
+                .unwrap_or_default(),
+        );
+        let hash = DistilledSpec::from_pod(pod).ok()?.hash();
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => return None,
+        };
+        let facts = PodFacts {
+            namespace,
+            labels: &labels,
+            annotations: &annotations,
+            spec_hash: &hash,
+        };
+        let (snapshot, policy) = match select_snapshot(&facts, &policies, &snapshots, &node) {
+            Selection::Restore {
+                snapshot, policy, ..
+            } => (snapshot.clone(), policy.clone()),
+            Selection::ColdStart(NoSnapshot::NoPolicy) => return None,
+            Selection::ColdStart(reason) => {
+                let _ = self.store.event(
+                    "Normal",
+                    reason.reason(),
+                    "Pod",
+                    namespace,
+                    name,
+                    &format!("starting cold: {reason}"),
+                );
+                return None;
+            }
+        };
+        let snapshot_name = snapshot.metadata.name.clone().unwrap_or_default();
+        let restored = async {
+            if !podsnap_runtime::runner::is_solo(pod) {
+                return Err("the Pod has several containers; the gvisor engine here restores single-container Pods only".to_owned());
+            }
+            let repo = self.repository(&policy.spec.storage_config_name)?;
+            let opened = repo.open_snapshot(&snapshot_name).await.map_err(|e| e.to_string())?;
+            let image_dir: PathBuf = self.state_dir.join("restores").join(&snapshot_name).join(uuid::Uuid::new_v4().to_string());
+            std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
+            for stream in &opened.manifest().streams {
+                let Some(file) = stream.name.strip_prefix("gvisor/") else { continue };
+                opened
+                    .read_stream_to_file(&stream.name, &image_dir.join(file), &podsnap_repo::NoProgress)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let running = self.runner.restore(pod, &image_dir).await.map_err(|e| e.to_string());
+            let _ = std::fs::remove_dir_all(&image_dir);
+            running
+        }
+        .await;
+        match restored {
+            Ok(running) => {
+                let _ = self.store.event(
+                    "Normal",
+                    "Restored",
+                    "Pod",
+                    namespace,
+                    name,
+                    &format!("Successfully restored the pod from PodSnapshot {snapshot_name}"),
+                );
+                if let Ok(Some(mut value)) =
+                    self.store.get("PodSnapshot", namespace, &snapshot_name)
+                {
+                    value["status"]["lastAccessTime"] = json!(now());
+                    let _ = self.store.set_status(
+                        "PodSnapshot",
+                        namespace,
+                        &snapshot_name,
+                        value["status"].clone(),
+                    );
+                }
+                Some((running, snapshot_name))
+            }
+            Err(message) => {
+                let _ = self.store.event("Warning", "RestoreFailed", "Pod", namespace, name, &format!("restoring from PodSnapshot {snapshot_name} failed, starting cold: {message}"));
+                None
+            }
+        }
+    }
+}
