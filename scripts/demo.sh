@@ -8,51 +8,82 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --quiet --bin podsnap --bin podsnap-demo-server
 podsnap=$PWD/target/release/podsnap
-socket=/run/podsnap/agent.sock
 work=$(mktemp -d)
 agent_pid=""
 cleanup() {
-  $podsnap delete pod slow-server >/dev/null 2>&1 || true
   if [ -n "$agent_pid" ]; then
-    sleep 2
+    $podsnap delete pod slow-server slow-server-replica --socket "$work/agent.sock" >/dev/null 2>&1 || true
+    sleep 3
     kill "$agent_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== the podsnap agent"
-if $podsnap get pods >/dev/null 2>&1; then
-  echo "an agent already answers on $socket"
-else
-  $podsnap serve >"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  for _ in $(seq 100); do $podsnap get pods >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "started the agent (pid $agent_pid, socket $socket, log $work/agent.log)"
-fi
+echo "== the podsnap agent (a private one for this demo, state in $work)"
+socket=$work/agent.sock
+pc() { $podsnap "$@" --socket "$socket"; }
+$podsnap serve --state-dir "$work/state" --socket "$socket" >"$work/agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 100); do pc get pods >/dev/null 2>&1 && break; sleep 0.1; done
+echo "started the agent (pid $agent_pid); its log: $work/agent.log"
 
 echo
 echo "== the demo image, built offline"
 bash scripts/demo-rootfs.sh target/release/podsnap-demo-server "$work/demo-rootfs"
 $podsnap image import "$work/demo-rootfs" --name localhost/podsnap-demo:latest --cmd /app/podsnap-demo-server
 
+ready_condition() {
+  pc get pod "$1" -o json | python3 -c 'import json,sys; p=json.load(sys.stdin); s=p.get("status",{}); print(s.get("phase",""), next((c["status"] for c in s.get("conditions",[]) if c["type"]=="Ready"), ""))'
+}
+# run_pod MANIFEST NAME PORT: applies, waits for Ready, prints the times; sets $ready_s $first_s.
+run_pod() {
+  local start ready first response
+  start=$(date +%s.%N)
+  pc apply -f "$1" >/dev/null
+  until [ "$(ready_condition "$2")" = "Running True" ]; do
+    if ready_condition "$2" | grep -q '^Failed'; then pc describe pod "$2"; exit 1; fi
+    sleep 0.1
+  done
+  ready=$(date +%s.%N)
+  response=$(curl -sS --max-time 10 "http://127.0.0.1:$3/")
+  first=$(date +%s.%N)
+  ready_s=$(python3 -c "print(f'{$ready - $start:.2f}')")
+  first_s=$(python3 -c "print(f'{$first - $start:.2f}')")
+  echo "$2: Ready after $ready_s s, first response after $first_s s: $response"
+}
+
 echo
-echo "== a slow-starting Pod (256 MiB of state, then HTTP) under gVisor"
-$podsnap delete pod slow-server >/dev/null 2>&1 && sleep 3 || true
-start=$(date +%s.%N)
-$podsnap apply -f examples/pod.yaml
-until [ "$($podsnap get pod slow-server -o json | python3 -c 'import json,sys; p=json.load(sys.stdin); print(next((c["status"] for c in p.get("status",{}).get("conditions",[]) if c["type"]=="Ready"), ""))')" = "True" ]; do
-  phase=$($podsnap get pod slow-server -o json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("status",{}).get("phase",""))')
-  if [ "$phase" = "Failed" ]; then $podsnap describe pod slow-server; exit 1; fi
-  sleep 0.2
-done
-ready=$(date +%s.%N)
-response=$(curl -sS --max-time 10 http://127.0.0.1:18080/)
-first=$(date +%s.%N)
-$podsnap get pods -o wide
-echo "Ready after $(python3 -c "print(f'{$ready - $start:.2f}')") s; first response after $(python3 -c "print(f'{$first - $start:.2f}')") s: $response"
-$podsnap logs slow-server
-$podsnap delete pod slow-server
+echo "== a slow-starting Pod (256 MiB of state, then HTTP) under gVisor, started cold"
+sed "s#/var/lib/podsnap/snapshots#$work/snapshots#" examples/snapshot-policy.yaml > "$work/policy.yaml"
+pc apply -f "$work/policy.yaml"
+run_pod examples/pod.yaml slow-server 18080
+cold_ready=$ready_s; cold_first=$first_s
+pc logs slow-server
+
+echo
+echo "== a snapshot of it, taken on a manual trigger"
+cat > "$work/trigger.yaml" <<'YAML'
+apiVersion: podsnap.dev/v1alpha1
+kind: PodSnapshotManualTrigger
+metadata: {name: demo-trigger, namespace: default}
+spec: {targetPod: slow-server}
+YAML
+pc apply -f "$work/trigger.yaml"
+until pc get podsnapshotmanualtriggers | grep -q -E "Complete|Failed"; do sleep 0.2; done
+pc get podsnapshotmanualtriggers
+pc get podsnapshots
+
+echo
+echo "== a replica of the same Pod, restored from the snapshot"
+sed 's/name: slow-server$/name: slow-server-replica/; s/hostPort: 18080/hostPort: 18081/' examples/pod.yaml > "$work/replica.yaml"
+run_pod "$work/replica.yaml" slow-server-replica 18081
+pc describe pod slow-server-replica | grep -E "PodRestored|Restored" || true
+echo
+printf '%-22s %12s %20s\n' "" "Ready (s)" "first response (s)"
+printf '%-22s %12s %20s\n' "cold start" "$cold_ready" "$cold_first"
+printf '%-22s %12s %20s\n' "restored replica" "$ready_s" "$first_s"
+pc delete pod slow-server slow-server-replica
 
 echo
 echo "== this node (what a snapshot taken here requires of the node restoring it)"
