@@ -76,6 +76,15 @@ impl Api {
     }
 }
 
+/// The namespace objects of `kind` are stored under: none for cluster-scoped kinds.
+fn scoped(kind: &str, namespace: String) -> String {
+    if namespaced(kind) == Some(false) {
+        String::new()
+    } else {
+        namespace
+    }
+}
+
 fn namespaced(kind: &str) -> Option<bool> {
     KINDS.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n)
 }
@@ -156,11 +165,7 @@ async fn get_one(
     State(api): State<Arc<Api>>,
     UrlPath((kind, namespace, name)): UrlPath<(String, String, String)>,
 ) -> Response {
-    let namespace = if namespaced(&kind) == Some(false) {
-        String::new()
-    } else {
-        namespace
-    };
+    let namespace = scoped(&kind, namespace);
     match api.store.get(&kind, &namespace, &name) {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => error(
@@ -175,11 +180,7 @@ async fn delete_one(
     State(api): State<Arc<Api>>,
     UrlPath((kind, namespace, name)): UrlPath<(String, String, String)>,
 ) -> Response {
-    let namespace = if namespaced(&kind) == Some(false) {
-        String::new()
-    } else {
-        namespace
-    };
+    let namespace = scoped(&kind, namespace);
     match api.store.delete(&kind, &namespace, &name) {
         Ok(true) => {
             if kind == "Deployment" {

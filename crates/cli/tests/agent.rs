@@ -2,6 +2,7 @@
 //! them run, exec and read logs, scale, delete, kill and restart the agent and find the Pods
 //! again, and bad input refused.
 
+use podsnap_engine::gvisor::SandboxCleanup;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,27 +73,6 @@ fn busybox_image(dir: &Path) {
     store
         .import(&root, Some("localhost/busybox"), Some(config))
         .unwrap();
-}
-
-struct Cleanup(std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let root = format!("--root={}", self.0.join("engine/runsc").display());
-        if let Ok(out) = std::process::Command::new("runsc")
-            .args([root.as_str(), "list", "--quiet"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-            {
-                let _ = std::process::Command::new("runsc")
-                    .args([root.as_str(), "delete", "--force", id.trim()])
-                    .output();
-            }
-        }
-    }
 }
 
 async fn apply(client: &Client, yaml: &str) -> Result<Value, ClientError> {
@@ -173,7 +153,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_and_deployments_run_and_survive_an_agent_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
     busybox_image(dir.path());
     let (agent, client, engine) = start_agent(dir.path()).await;
 
@@ -280,7 +260,7 @@ async fn pods_and_deployments_run_and_survive_an_agent_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_failures_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
     busybox_image(dir.path());
     let (_agent, client, _) = start_agent(dir.path()).await;
     let err = apply(
@@ -359,7 +339,7 @@ fn ready_condition(pod: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_probes_gate_ready_and_failed_containers_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
     busybox_image(dir.path());
     let (_agent, client, _) = start_agent(dir.path()).await;
     apply(&client, PROBED).await.unwrap();
@@ -460,7 +440,7 @@ async fn host_get(port: u16, path: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
     busybox_image(dir.path());
     let (_agent, client, _) = start_agent(dir.path()).await;
     apply(&client, PORTS).await.unwrap();
@@ -523,7 +503,7 @@ async fn count(client: &Client, pod: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
     busybox_image(dir.path());
     let (_agent, client, _) = start_agent(dir.path()).await;
     let setup = format!(

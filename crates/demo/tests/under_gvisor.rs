@@ -2,6 +2,7 @@
 //! sandbox, and after a checkpoint and a restore into a new sandbox it serves at once from the
 //! same memory (same checksum, same build time: it did not start over).
 
+use podsnap_engine::gvisor::SandboxCleanup;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -75,31 +76,10 @@ fn field<'a>(json: &'a str, key: &str) -> &'a str {
     rest[..end].trim_matches('"')
 }
 
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let root = format!("--root={}", self.0.join("state/runsc").display());
-        if let Ok(out) = std::process::Command::new("runsc")
-            .args([root.as_str(), "list", "--quiet"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-            {
-                let _ = std::process::Command::new("runsc")
-                    .args([root.as_str(), "delete", "--force", id.trim()])
-                    .output();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_again_after_checkpoint_and_restore() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let rootfs = demo_rootfs(dir.path());
     let engine = GvisorEngine::new(GvisorConfig::new(dir.path().join("state")))
         .await

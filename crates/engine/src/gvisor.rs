@@ -406,6 +406,37 @@ impl GvisorEngine {
     }
 }
 
+/// Removes every sandbox runsc knows under an engine state directory, synchronously: for
+/// cleaning up after tests and tools, whatever state they ended in.
+pub fn delete_all_sandboxes(state_dir: &Path) {
+    let root = format!("--root={}", state_dir.join("runsc").display());
+    let Ok(out) = std::process::Command::new("runsc")
+        .args([root.as_str(), "list", "--quiet"])
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let _ = std::process::Command::new("runsc")
+            .args([root.as_str(), "delete", "--force", id])
+            .output();
+    }
+}
+
+/// Calls [`delete_all_sandboxes`] when dropped, so a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct SandboxCleanup(pub PathBuf);
+
+impl Drop for SandboxCleanup {
+    fn drop(&mut self) {
+        delete_all_sandboxes(&self.0);
+    }
+}
+
 fn find_binary(name: &Path) -> Option<PathBuf> {
     if name.is_absolute() {
         return name.is_file().then(|| name.to_path_buf());

@@ -2,6 +2,7 @@
 //! sandboxes, containers inside them, exec, kill, wait, checkpoint and restore of memory state,
 //! and clean failures.
 
+use podsnap_engine::gvisor::SandboxCleanup;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,30 +48,6 @@ async fn engine(dir: &Path) -> GvisorEngine {
         .expect("runsc is installed by scripts/setup.sh")
 }
 
-/// Deletes every sandbox under a test's runsc root when the test ends, passed or failed, so a
-/// failing test leaves no sandbox running.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let root = format!("--root={}", self.0.join("state/runsc").display());
-        let Ok(out) = std::process::Command::new("runsc")
-            .args([root.as_str(), "list", "--quiet"])
-            .output()
-        else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-        {
-            let _ = std::process::Command::new("runsc")
-                .args([root.as_str(), "delete", "--force", id.trim()])
-                .output();
-        }
-    }
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), rand_suffix())
 }
@@ -96,7 +73,7 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_runs_execs_and_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let engine = engine(dir.path()).await;
     let rootfs = busybox_rootfs(dir.path());
     let id = unique("life");
@@ -143,7 +120,7 @@ async fn a_sandbox_runs_execs_and_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_share_their_pods_sandbox() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let engine = engine(dir.path()).await;
     let rootfs = busybox_rootfs(dir.path());
     let sandbox = unique("pod");
@@ -191,7 +168,7 @@ async fn containers_share_their_pods_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_restore_keep_memory_and_files() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let engine = engine(dir.path()).await;
     let rootfs = busybox_rootfs(dir.path());
     let id = unique("ckpt");
@@ -258,7 +235,7 @@ async fn checkpoint_and_restore_keep_memory_and_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_with_leave_running_keeps_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let engine = engine(dir.path()).await;
     let rootfs = busybox_rootfs(dir.path());
     let id = unique("resume");
@@ -287,7 +264,7 @@ async fn checkpoint_with_leave_running_keeps_the_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_clear_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = Cleanup(dir.path().to_path_buf());
+    let _cleanup = SandboxCleanup(dir.path().join("state"));
     let missing = GvisorEngine::new(GvisorConfig {
         runsc: "/nonexistent/runsc".into(),
         ..GvisorConfig::new(dir.path().join("x"))

@@ -37,23 +37,7 @@ struct Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let root = format!(
-            "--root={}",
-            self.dir.path().join("state/engine/runsc").display()
-        );
-        if let Ok(out) = std::process::Command::new("runsc")
-            .args([root.as_str(), "list", "--quiet"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-            {
-                let _ = std::process::Command::new("runsc")
-                    .args([root.as_str(), "delete", "--force", id.trim()])
-                    .output();
-            }
-        }
+        podsnap_engine::gvisor::delete_all_sandboxes(&self.dir.path().join("state/engine"));
     }
 }
 
