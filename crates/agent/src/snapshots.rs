@@ -66,6 +66,47 @@ impl Controller {
         )
     }
 
+    /// Carries out workload triggers: a Pod whose workload wrote `1` to its trigger file is
+    /// snapshotted, and the workload learns the outcome from its result file (`resume` or
+    /// `error`; restored copies read `restore`).
+    pub(crate) async fn reconcile_workload_triggers(&self) {
+        let running: Vec<((String, String), RunningPod)> = self
+            .pods
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, t)| !t.completed_by_checkpoint)
+            .map(|(k, t)| (k.clone(), t.running.clone()))
+            .collect();
+        for ((namespace, name), pod) in running {
+            let contract = pod.contract_dir();
+            let trigger = contract.join("trigger");
+            let asked = std::fs::read_to_string(&trigger).is_ok_and(|t| t.trim() == "1");
+            if !asked || std::fs::rename(&trigger, contract.join("trigger.taken")).is_err() {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let outcome = me.checkpoint_pod(&namespace, &name, None).await;
+                let answer = match &outcome {
+                    Ok(_) => "resume",
+                    Err(message) => {
+                        let _ = me.store.event(
+                            "Warning",
+                            "CheckpointFailed",
+                            "Pod",
+                            &namespace,
+                            &name,
+                            message,
+                        );
+                        "error"
+                    }
+                };
+                let _ = std::fs::write(contract.join("result"), format!("{answer}\n"));
+            });
+        }
+    }
+
     /// Starts every manual trigger that has not fired yet.
     pub(crate) async fn reconcile_triggers(&self) {
         for trigger in self
@@ -404,6 +445,11 @@ impl Controller {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            // The restored workload, still waiting on its trigger, reads `restore`.
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");
+            std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
+            std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
             let running = self.runner.restore(pod, &image_dir).await.map_err(|e| e.to_string());
             let _ = std::fs::remove_dir_all(&image_dir);
             running

@@ -62,7 +62,9 @@ fn busybox_image(dir: &Path) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat"] {
+    for applet in [
+        "sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat", "rm",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let store = ImageStore::open(dir.join("images")).unwrap();
@@ -614,4 +616,91 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         .filter_map(|e| e["reason"].as_str())
         .collect();
     assert!(reasons.contains(&"HashMismatch"), "{reasons:?}");
+}
+
+const WORKLOAD_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default, labels: {app: warm}}
+spec:
+  containers:
+  - name: app
+    image: localhost/busybox
+    command:
+    - /bin/sh
+    - -c
+    - >-
+      echo warming; rm -f /podsnap/result; echo 1 > /podsnap/trigger;
+      while true; do r=$(cat /podsnap/result 2>/dev/null);
+      case "$r" in resume|restore|error) break;; esac; sleep 0.1; done;
+      echo "outcome=$r"; echo "$r" > /tmp/outcome; exec sleep 1000
+"#;
+
+async fn outcome(client: &Client, pod: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = client
+            .json(
+                Method::POST,
+                &format!("/exec/default/{pod}"),
+                Some(&json!({"command": ["/bin/cat", "/tmp/outcome"]})),
+            )
+            .await;
+        if let Ok(out) = out
+            && out["exitCode"] == 0
+        {
+            return out["stdout"].as_str().unwrap_or_default().trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod} never learned the outcome of its trigger"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = SandboxCleanup(dir.path().join("engine"));
+    busybox_image(dir.path());
+    let (_agent, client, _) = start_agent(dir.path()).await;
+    let setup = format!(
+        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: warm, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: warm}}}}\n  triggerConfig: {{type: workload}}\n---{}",
+        dir.path().join("snapshots").display(),
+        WORKLOAD_POD.replace("NAME", "first")
+    );
+    apply(&client, &setup).await.unwrap();
+    assert_eq!(outcome(&client, "first").await, "resume");
+    let snapshots = client
+        .json(Method::GET, "/objects/PodSnapshot?namespace=default", None)
+        .await
+        .unwrap();
+    let items = snapshots["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    let snapshot = items[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    apply(&client, &WORKLOAD_POD.replace("NAME", "copy"))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&client, "copy").await, "restore");
+    let copy = pod(&client, "copy").await;
+    let restored = copy["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodRestored")
+        .cloned()
+        .unwrap();
+    assert!(restored["message"].as_str().unwrap().contains(&snapshot));
+    let logs = String::from_utf8_lossy(
+        &client
+            .request(Method::GET, "/logs/default/copy", None, "text/plain")
+            .await
+            .unwrap(),
+    )
+    .into_owned();
+    assert!(
+        !logs.contains("warming"),
+        "the copy did not run its start-up again: {logs}"
+    );
 }

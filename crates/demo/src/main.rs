@@ -7,7 +7,10 @@
 //! - `GET /` — JSON: state size, its checksum, when the state was built, pid and host name;
 //! - `GET /infer?x=N` — a value looked up in the state.
 //!
-//! It uses only the standard library and blocking sockets (no epoll), so the checkpoint
+//! With `--snapshot-when-ready=true` it asks podsnap for a snapshot (the workload trigger)
+//! once its state is built, before it listens.
+//!
+//! It uses only the standard library (and podsnap's tiny client) and blocking sockets (no epoll), so the checkpoint
 //! engines here can save it while it waits for connections.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +22,7 @@ struct Args {
     port: u16,
     weights: Option<String>,
     passes: u32,
+    snapshot: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -27,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         port: 8080,
         weights: None,
         passes: 8,
+        snapshot: false,
     };
     for arg in std::env::args().skip(1) {
         let (key, value) = arg
@@ -136,6 +141,15 @@ fn main() {
         "state ready in {:.2?} (checksum {checksum:016x})",
         started.elapsed()
     );
+    if args.snapshot {
+        // The workload trigger: snapshot here, warmed up, before any connection exists.
+        match podsnap_client::checkpoint() {
+            podsnap_client::Outcome::Restore => println!("restored from a snapshot"),
+            podsnap_client::Outcome::Resume => println!("snapshot taken; going on"),
+            podsnap_client::Outcome::Error => println!("the snapshot failed; going on"),
+            podsnap_client::Outcome::NotUnderPodsnap => println!("not under podsnap; no snapshot"),
+        }
+    }
     let listener = match TcpListener::bind(("0.0.0.0", args.port)) {
         Ok(l) => l,
         Err(e) => {

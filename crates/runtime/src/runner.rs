@@ -92,6 +92,11 @@ impl RunningPod {
         self.dir.join("status").join(name).join("exit")
     }
 
+    /// The host directory behind [`CONTRACT_DIR`].
+    pub fn contract_dir(&self) -> PathBuf {
+        self.dir.join("podsnap")
+    }
+
     /// The log file of container `name`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
@@ -100,6 +105,11 @@ impl RunningPod {
 
 /// Where the helper tools (a static busybox) appear in every container, for probes.
 pub const HELPER_DIR: &str = "/.podsnap";
+
+/// Where the workload contract appears in every container: `trigger` (the workload writes
+/// `1` to ask for a snapshot), `result` (the agent writes `resume`, `restore` or `error`) and
+/// `spec_environ` (the Pod's current environment, NUL-separated).
+pub const CONTRACT_DIR: &str = "/podsnap";
 
 /// Where a sandbox's root process records its exit code (a host directory per container).
 pub const STATUS_DIR: &str = "/.podsnap-status";
@@ -390,6 +400,24 @@ impl PodRunner {
             source: self.pause_rootfs.join("bin"),
             kind: podsnap_engine::MountKind::Bind,
             read_only: true,
+        });
+        // The workload contract: a directory shared with the agent, holding the trigger
+        // files and the Pod's current environment (see docs/workload-contract.md).
+        let contract = dir.join("podsnap");
+        std::fs::create_dir_all(&contract)
+            .map_err(io_err("creating the workload contract directory"))?;
+        let environ: Vec<u8> = process
+            .env
+            .iter()
+            .flat_map(|e| e.bytes().chain([0]))
+            .collect();
+        std::fs::write(contract.join("spec_environ"), environ)
+            .map_err(io_err("writing spec_environ"))?;
+        mounts.push(podsnap_engine::Mount {
+            destination: CONTRACT_DIR.into(),
+            source: contract,
+            kind: podsnap_engine::MountKind::Bind,
+            read_only: false,
         });
         Ok(ContainerSpec {
             id: plan::container_id(&sandbox_id, &c.name),
