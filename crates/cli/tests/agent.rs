@@ -703,4 +703,17 @@ async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
         !logs.contains("warming"),
         "the copy did not run its start-up again: {logs}"
     );
+    let hostname = client
+        .json(
+            Method::POST,
+            "/exec/default/copy",
+            Some(&json!({"command": ["/.podsnap/busybox", "hostname"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hostname["stdout"].as_str().unwrap().trim(),
+        "copy",
+        "the restored Pod has its own host name"
+    );
 }

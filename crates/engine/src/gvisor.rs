@@ -604,6 +604,19 @@ impl Engine for GvisorEngine {
             .map_err(|e| EngineError::io("running runsc exec", e))
     }
 
+    async fn set_hostname(&self, sandbox_id: &str, hostname: &str, busybox: &str) -> Result<()> {
+        let mut cmd = self.command_for(sandbox_id);
+        cmd.arg("exec")
+            .arg("--cap=CAP_SYS_ADMIN")
+            .arg(sandbox_id)
+            .arg(busybox)
+            .arg("hostname")
+            .arg(hostname);
+        self.run_checked(&mut cmd, &format!("exec {sandbox_id} hostname"))
+            .await
+            .map(|_| ())
+    }
+
     async fn kill(&self, container_id: &str, signal: i32) -> Result<()> {
         self.run_checked(
             self.command_for(container_id)

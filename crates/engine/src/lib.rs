@@ -216,6 +216,10 @@ pub trait Engine: Send + Sync {
         args: &[String],
     ) -> Result<tokio::process::Child>;
 
+    /// Sets the host name a running sandbox reports, using the `hostname` applet of the
+    /// busybox at `busybox` inside it (runsc keeps a checkpointed sandbox's old host name).
+    async fn set_hostname(&self, sandbox_id: &str, hostname: &str, busybox: &str) -> Result<()>;
+
     /// Sends a signal (e.g. 15 for SIGTERM) to a container's processes.
     async fn kill(&self, container_id: &str, signal: i32) -> Result<()>;
 

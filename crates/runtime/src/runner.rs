@@ -283,7 +283,16 @@ impl PodRunner {
                 Some(image) => {
                     self.engine
                         .restore(&sandbox_id, &root, &network, image)
-                        .await?
+                        .await?;
+                    // runsc keeps the snapshot's host name; the restored Pod gets its own.
+                    let busybox = format!("{HELPER_DIR}/busybox");
+                    if let Err(e) = self
+                        .engine
+                        .set_hostname(&sandbox_id, &hostname, &busybox)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not set the restored Pod's host name");
+                    }
                 }
                 None => {
                     self.engine
