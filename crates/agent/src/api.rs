@@ -181,7 +181,13 @@ async fn delete_one(
     UrlPath((kind, namespace, name)): UrlPath<(String, String, String)>,
 ) -> Response {
     let namespace = scoped(&kind, namespace);
-    match api.store.delete(&kind, &namespace, &name) {
+    // A PodSnapshot's data goes first; the controller removes the object after it (a finalizer).
+    let deleted = if kind == "PodSnapshot" {
+        api.store.mark_deleting(&kind, &namespace, &name)
+    } else {
+        api.store.delete(&kind, &namespace, &name)
+    };
+    match deleted {
         Ok(true) => {
             if kind == "Deployment" {
                 for pod in api.store.list("Pod", Some(&namespace)).unwrap_or_default() {

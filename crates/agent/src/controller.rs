@@ -331,6 +331,7 @@ impl Controller {
         self.reconcile_deployments();
         self.reconcile_triggers().await;
         self.reconcile_workload_triggers().await;
+        self.reconcile_retention().await;
         let stored = self.store.list("Pod", None).unwrap_or_default();
         let wanted: HashMap<(String, String), Value> =
             stored.into_iter().map(|p| (pod_key(&p), p)).collect();

@@ -107,6 +107,86 @@ impl Controller {
         }
     }
 
+    /// Applies retention (the pure plan of `podsnap-core`) and finishes deletions: a PodSnapshot
+    /// being deleted loses its data in the repository first, then the object goes. A failure
+    /// keeps the object (shown as Deleting) and is retried on the next pass.
+    pub(crate) async fn reconcile_retention(&self) {
+        let policies: Vec<PodSnapshotPolicy> = typed(
+            self.store
+                .list("PodSnapshotPolicy", None)
+                .unwrap_or_default(),
+        );
+        let snapshots: Vec<PodSnapshot> =
+            typed(self.store.list("PodSnapshot", None).unwrap_or_default());
+        let now = jiff::Timestamp::now().as_second();
+        for prune in podsnap_core::plan_retention(now, &policies, &snapshots) {
+            if self
+                .store
+                .mark_deleting("PodSnapshot", &prune.namespace, &prune.name)
+                .unwrap_or(false)
+            {
+                let message = format!("deleting snapshot {}: {}", prune.name, prune.reason);
+                let _ = self.store.event(
+                    "Normal",
+                    "Pruned",
+                    "PodSnapshot",
+                    &prune.namespace,
+                    &prune.name,
+                    &message,
+                );
+            }
+        }
+        for value in self.store.list("PodSnapshot", None).unwrap_or_default() {
+            if value["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let namespace = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let policy = value["spec"]["policyName"].as_str().unwrap_or_default();
+            let storage = policies
+                .iter()
+                .find(|p| {
+                    p.metadata.name.as_deref() == Some(policy)
+                        && p.metadata.namespace.as_deref() == Some(namespace.as_str())
+                })
+                .map(|p| p.spec.storage_config_name.clone());
+            let result = match storage {
+                // Without its policy the data cannot be found; the object goes (nothing to keep).
+                None => Ok(()),
+                Some(storage) => match self.repository(&storage) {
+                    Err(e) => Err(e),
+                    Ok(repo) => match repo.delete_snapshot(&name).await {
+                        Ok(())
+                        | Err(podsnap_repo::RepoError::SnapshotNotFound { .. })
+                        | Err(podsnap_repo::RepoError::NoRepository(_)) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                },
+            };
+            match result {
+                Ok(()) => {
+                    let _ = self.store.delete("PodSnapshot", &namespace, &name);
+                }
+                Err(message) => {
+                    let _ = self.store.event(
+                        "Warning",
+                        "DeleteFailed",
+                        "PodSnapshot",
+                        &namespace,
+                        &name,
+                        &format!("the snapshot's data could not be deleted (retrying): {message}"),
+                    );
+                }
+            }
+        }
+    }
+
     /// Starts every manual trigger that has not fired yet.
     pub(crate) async fn reconcile_triggers(&self) {
         for trigger in self

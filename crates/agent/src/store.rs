@@ -187,6 +187,35 @@ impl Store {
         Ok(())
     }
 
+    /// Marks an object as being deleted (`metadata.deletionTimestamp`), for kinds whose
+    /// deletion has work to do first (a PodSnapshot's data). Whether it exists.
+    pub fn mark_deleting(&self, kind: &str, namespace: &str, name: &str) -> Result<bool> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let found = {
+            let mut table = txn.open_table(OBJECTS).map_err(db_err)?;
+            let k = key(kind, namespace, name);
+            let current = table
+                .get(k.as_str())
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
+            match current {
+                None => false,
+                Some(bytes) => {
+                    let mut object: Value = serde_json::from_slice(&bytes).map_err(db_err)?;
+                    if object["metadata"]["deletionTimestamp"].is_null() {
+                        object["metadata"]["deletionTimestamp"] = Value::String(now());
+                        let bytes = serde_json::to_vec(&object).map_err(db_err)?;
+                        table.insert(k.as_str(), bytes.as_slice()).map_err(db_err)?;
+                    }
+                    true
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        self.changed.notify_waiters();
+        Ok(found)
+    }
+
     /// One object.
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>> {
         let txn = self.db.begin_read().map_err(db_err)?;

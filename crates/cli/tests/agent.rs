@@ -486,20 +486,22 @@ spec:
 "#;
 
 async fn count(client: &Client, pod: &str) -> u64 {
-    let out = client
-        .json(
-            Method::POST,
-            &format!("/exec/default/{pod}"),
-            Some(&json!({"command": ["/bin/cat", "/tmp/count"]})),
-        )
-        .await
-        .unwrap();
-    out["stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    // The loop truncates the file before it writes it: a read in between sees nothing.
+    for _ in 0..50 {
+        let out = client
+            .json(
+                Method::POST,
+                &format!("/exec/default/{pod}"),
+                Some(&json!({"command": ["/bin/cat", "/tmp/count"]})),
+            )
+            .await
+            .unwrap();
+        if let Ok(n) = out["stdout"].as_str().unwrap_or_default().trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{pod}'s counter file stayed empty");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,6 +618,37 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         .filter_map(|e| e["reason"].as_str())
         .collect();
     assert!(reasons.contains(&"HashMismatch"), "{reasons:?}");
+
+    // Deleting the PodSnapshot deletes its data, then the object.
+    let manifest = dir
+        .path()
+        .join(format!("snapshots/snapshots/{snapshot}/manifest.json"));
+    assert!(manifest.exists());
+    client
+        .json(
+            Method::DELETE,
+            &format!("/objects/PodSnapshot/default/{snapshot}"),
+            None,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .json(
+            Method::GET,
+            &format!("/objects/PodSnapshot/default/{snapshot}"),
+            None,
+        )
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the PodSnapshot was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!manifest.exists(), "the snapshot's data is gone");
 }
 
 const WORKLOAD_POD: &str = r#"

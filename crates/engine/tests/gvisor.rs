@@ -60,12 +60,19 @@ fn rand_suffix() -> u32 {
 }
 
 async fn read_counter(engine: &GvisorEngine, id: &str) -> u64 {
-    let out = engine
-        .exec(id, &["/bin/cat".into(), "/tmp/counter".into()], &[])
-        .await
-        .unwrap();
-    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    // The loop truncates the file before it writes it: a read in between sees nothing.
+    for _ in 0..50 {
+        let out = engine
+            .exec(id, &["/bin/cat".into(), "/tmp/counter".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the counter file stayed empty");
 }
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done";
