@@ -61,6 +61,7 @@ impl Api {
             .route("/exec/{namespace}/{name}", post(exec))
             .route("/scale/{namespace}/{name}", post(scale))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(metrics))
             .with_state(Arc::new(self))
     }
 
@@ -83,6 +84,17 @@ fn scoped(kind: &str, namespace: String) -> String {
     } else {
         namespace
     }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.controller.metrics.render(),
+    )
+        .into_response()
 }
 
 fn namespaced(kind: &str) -> Option<bool> {

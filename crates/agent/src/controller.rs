@@ -106,6 +106,8 @@ pub struct Controller {
     pub(crate) node: Option<podsnap_api::NodeFingerprint>,
     /// Where checkpoint images and the chunk cache live.
     pub(crate) state_dir: std::path::PathBuf,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
     /// Manual triggers being carried out.
     pub(crate) busy_triggers: Arc<Mutex<std::collections::HashSet<String>>>,
     pub(crate) pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
@@ -159,6 +161,7 @@ impl Controller {
             node,
             state_dir: state_dir.to_path_buf(),
             busy_triggers: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            metrics: crate::metrics::Metrics::default(),
             pods: Arc::new(Mutex::new(HashMap::new())),
             failed: Arc::new(Mutex::new(HashMap::new())),
             relays: Arc::new(Mutex::new(HashMap::new())),

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod controller;
+pub mod metrics;
 pub mod relay;
 pub mod snapshots;
 pub mod store;

@@ -20,6 +20,7 @@ use podsnap_runtime::RunningPod;
 use serde_json::{Value, json};
 
 use crate::controller::Controller;
+use crate::metrics::Metrics;
 use crate::store::now;
 
 fn typed<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
@@ -341,6 +342,7 @@ impl Controller {
         let _ = self
             .store
             .set_status("PodSnapshot", namespace, &snapshot, awaiting);
+        let started = std::time::Instant::now();
         let result = self
             .checkpoint_and_upload(
                 &tracked.running,
@@ -367,6 +369,10 @@ impl Controller {
                 let _ = self
                     .store
                     .set_status("PodSnapshot", namespace, &snapshot, status);
+                Metrics::count(&self.metrics.checkpoints, "success");
+                self.metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let _ = self.store.event(
                     "Normal",
                     "Checkpointed",
@@ -385,6 +391,7 @@ impl Controller {
                 let _ = self
                     .store
                     .set_status("PodSnapshot", namespace, &snapshot, status);
+                Metrics::count(&self.metrics.checkpoints, "failure");
                 Err(message)
             }
         }
@@ -434,6 +441,12 @@ impl Controller {
         if let Some(t) = self.pods.lock().await.get(&key).cloned() {
             self.write_status(&namespace, &name, &t);
         }
+        self.metrics
+            .checkpoint_bytes
+            .inc_by(image.files.iter().map(|(_, size)| size).sum());
+        self.metrics
+            .checkpoint_bytes
+            .inc_by(image.files.iter().map(|(_, size)| size).sum());
         let metadata = SnapshotMetadata {
             policy: policy.metadata.name.clone(),
             distilled_spec_hash: Some(hash.to_owned()),
@@ -498,6 +511,7 @@ impl Controller {
             } => (snapshot.clone(), policy.clone()),
             Selection::ColdStart(NoSnapshot::NoPolicy) => return None,
             Selection::ColdStart(reason) => {
+                Metrics::count(&self.metrics.cold_starts, reason.reason());
                 let _ = self.store.event(
                     "Normal",
                     reason.reason(),
@@ -510,6 +524,7 @@ impl Controller {
             }
         };
         let snapshot_name = snapshot.metadata.name.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
         let restored = async {
             if !podsnap_runtime::runner::is_solo(pod) {
                 return Err("the Pod has several containers; the gvisor engine here restores single-container Pods only".to_owned());
@@ -537,6 +552,10 @@ impl Controller {
         .await;
         match restored {
             Ok(running) => {
+                Metrics::count(&self.metrics.restores, "success");
+                self.metrics
+                    .restore_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let _ = self.store.event(
                     "Normal",
                     "Restored",
@@ -559,6 +578,8 @@ impl Controller {
                 Some((running, snapshot_name))
             }
             Err(message) => {
+                Metrics::count(&self.metrics.restores, "failure");
+                Metrics::count(&self.metrics.cold_starts, "RestoreFailed");
                 let _ = self.store.event("Warning", "RestoreFailed", "Pod", namespace, name, &format!("restoring from PodSnapshot {snapshot_name} failed, starting cold: {message}"));
                 None
             }

@@ -619,6 +619,24 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         .collect();
     assert!(reasons.contains(&"HashMismatch"), "{reasons:?}");
 
+    // The agent's metrics count what happened.
+    let metrics = client
+        .request(Method::GET, "/metrics", None, "text/plain")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        "podsnap_checkpoints_total{outcome=\"success\"} 1",
+        "podsnap_restores_total{outcome=\"success\"} 1",
+        "podsnap_cold_starts_total{outcome=\"HashMismatch\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("podsnap_checkpoint_duration_seconds_count 1"),
+        "{metrics}"
+    );
+
     // Deleting the PodSnapshot deletes its data, then the object.
     let manifest = dir
         .path()

@@ -1,0 +1,103 @@
+//! The agent's Prometheus metrics (OpenMetrics text at `GET /metrics` on the API socket).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label set with one `result` or `reason` value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `success`, `failure`, or a cold start's reason.
+    pub outcome: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Checkpoints by outcome.
+    pub checkpoints: Family<Outcome, Counter>,
+    /// Seconds from trigger to a Ready snapshot.
+    pub checkpoint_seconds: Histogram,
+    /// Bytes of checkpoint images written.
+    pub checkpoint_bytes: Counter,
+    /// Restores by outcome.
+    pub restores: Family<Outcome, Counter>,
+    /// Seconds to restore a Pod (fetch and engine restore).
+    pub restore_seconds: Histogram,
+    /// Pods started cold although a policy governs them, by reason.
+    pub cold_starts: Family<Outcome, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("podsnap");
+        let checkpoints = Family::<Outcome, Counter>::default();
+        let checkpoint_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 12));
+        let checkpoint_bytes = Counter::default();
+        let restores = Family::<Outcome, Counter>::default();
+        let restore_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        let cold_starts = Family::<Outcome, Counter>::default();
+        registry.register(
+            "checkpoints",
+            "Checkpoints taken, by outcome",
+            checkpoints.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time from trigger to a stored snapshot",
+            checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_bytes",
+            "Bytes of checkpoint images written",
+            checkpoint_bytes.clone(),
+        );
+        registry.register(
+            "restores",
+            "Pods restored from snapshots, by outcome",
+            restores.clone(),
+        );
+        registry.register(
+            "restore_duration_seconds",
+            "Time to fetch and restore a Pod",
+            restore_seconds.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Pods governed by a policy that started cold, by reason",
+            cold_starts.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            checkpoints,
+            checkpoint_seconds,
+            checkpoint_bytes,
+            restores,
+            restore_seconds,
+            cold_starts,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one event of `family` with `outcome`.
+    pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
+        family
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The metrics in OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
