@@ -163,8 +163,15 @@ impl Controller {
                 Some(storage) => match self.repository(&storage) {
                     Err(e) => Err(e),
                     Ok(repo) => match repo.delete_snapshot(&name).await {
-                        Ok(())
-                        | Err(podsnap_repo::RepoError::SnapshotNotFound { .. })
+                        Ok(()) => {
+                            // Chunks no snapshot references any more (older than the grace
+                            // period) go now; younger ones at a later deletion or `repo gc`.
+                            if let Err(e) = repo.gc(&podsnap_repo::GcOptions::default()).await {
+                                tracing::warn!(error = %e, "collecting unreferenced chunks");
+                            }
+                            Ok(())
+                        }
+                        Err(podsnap_repo::RepoError::SnapshotNotFound { .. })
                         | Err(podsnap_repo::RepoError::NoRepository(_)) => Ok(()),
                         Err(e) => Err(e.to_string()),
                     },

@@ -240,12 +240,15 @@ impl Repository {
                 report.writes_in_progress = live;
                 break;
             }
-            let deleted: Vec<u64> = futures::stream::iter(batch.iter())
-                .map(|meta| async move {
-                    self.inner
-                        .delete(&meta.location, "deleting an unreferenced chunk")
-                        .await
-                        .map(|()| meta.size)
+            let deleted: Vec<u64> = futures::stream::iter(batch.to_vec())
+                .map(|meta: object_store::ObjectMeta| {
+                    let inner = Arc::clone(&self.inner);
+                    async move {
+                        inner
+                            .delete(&meta.location, "deleting an unreferenced chunk")
+                            .await
+                            .map(|()| meta.size)
+                    }
                 })
                 .buffer_unordered(self.inner.options.concurrency.max(1))
                 .try_collect()
