@@ -57,6 +57,22 @@ async fn start_agent(dir: &Path) -> (Agent, Client, Arc<GvisorEngine>) {
     (agent, client, engine)
 }
 
+/// A fresh directory with the busybox image imported and an agent serving from it, and a guard
+/// that removes every sandbox when the test ends (declared before the agent, so dropped after).
+async fn busybox_agent() -> (
+    tempfile::TempDir,
+    SandboxCleanup,
+    Agent,
+    Client,
+    Arc<GvisorEngine>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cleanup = SandboxCleanup(dir.path().join("engine"));
+    busybox_image(dir.path());
+    let (agent, client, engine) = start_agent(dir.path()).await;
+    (dir, cleanup, agent, client, engine)
+}
+
 fn busybox_image(dir: &Path) {
     let root = dir.join("busybox-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -154,10 +170,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_and_deployments_run_and_survive_an_agent_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (agent, client, engine) = start_agent(dir.path()).await;
+    let (dir, _cleanup, agent, client, engine) = busybox_agent().await;
 
     let applied = apply(&client, MANIFESTS).await.unwrap();
     assert_eq!(applied["results"][0]["result"], "created");
@@ -261,10 +274,7 @@ async fn pods_and_deployments_run_and_survive_an_agent_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_failures_are_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (_agent, client, _) = start_agent(dir.path()).await;
+    let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
     let err = apply(
         &client,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n",
@@ -340,10 +350,7 @@ fn ready_condition(pod: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_probes_gate_ready_and_failed_containers_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (_agent, client, _) = start_agent(dir.path()).await;
+    let (_dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
     apply(&client, PROBED).await.unwrap();
     wait_phase(&client, "slow", "Running").await;
     assert_eq!(
@@ -441,10 +448,7 @@ async fn host_get(port: u16, path: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (_agent, client, _) = start_agent(dir.path()).await;
+    let (_dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
     apply(&client, PORTS).await.unwrap();
     wait_phase(&client, "exposed", "Running").await;
     let expected = std::fs::read("/bin/busybox").unwrap();
@@ -472,6 +476,15 @@ async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
         failed["status"]
     );
     assert_eq!(failed["status"]["reason"], "PortConflict");
+}
+
+/// A local storage config under `dir` and a policy selecting `app: APP` with `trigger` (the
+/// body of `triggerConfig`), followed by `pod`.
+fn snapshot_setup(dir: &Path, app: &str, trigger: &str, pod: &str) -> String {
+    format!(
+        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: {app}, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: {app}}}}}\n  triggerConfig: {{{trigger}}}\n---{pod}",
+        dir.join("snapshots").display()
+    )
 }
 
 const COUNTER_POD: &str = r#"
@@ -506,14 +519,12 @@ async fn count(client: &Client, pod: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (_agent, client, _) = start_agent(dir.path()).await;
-    let setup = format!(
-        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: counter, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: counter}}}}\n  triggerConfig: {{type: manual, postCheckpoint: resume}}\n---{}",
-        dir.path().join("snapshots").display(),
-        COUNTER_POD.replace("NAME", "origin")
+    let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    let setup = snapshot_setup(
+        dir.path(),
+        "counter",
+        "type: manual, postCheckpoint: resume",
+        &COUNTER_POD.replace("NAME", "origin"),
     );
     apply(&client, &setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
@@ -712,14 +723,12 @@ async fn outcome(client: &Client, pod: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let _cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (_agent, client, _) = start_agent(dir.path()).await;
-    let setup = format!(
-        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: warm, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: warm}}}}\n  triggerConfig: {{type: workload}}\n---{}",
-        dir.path().join("snapshots").display(),
-        WORKLOAD_POD.replace("NAME", "first")
+    let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    let setup = snapshot_setup(
+        dir.path(),
+        "warm",
+        "type: workload",
+        &WORKLOAD_POD.replace("NAME", "first"),
     );
     apply(&client, &setup).await.unwrap();
     assert_eq!(outcome(&client, "first").await, "resume");
