@@ -184,6 +184,7 @@ impl Controller {
 
     /// Adopts sandboxes of stored Pods that still run, and removes every other sandbox.
     pub async fn adopt(&self) {
+        self.fail_interrupted_checkpoints();
         let engine = self.runner.engine().clone();
         let existing = engine.list().await.unwrap_or_default();
         let pods = self.store.list("Pod", None).unwrap_or_default();

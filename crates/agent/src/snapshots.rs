@@ -195,6 +195,45 @@ impl Controller {
         }
     }
 
+    /// After a restart of the agent: a PodSnapshot still awaiting its checkpoint lost the process
+    /// that was taking it. It is marked failed (it never was Ready, so nothing restores from it);
+    /// a manual trigger that had not completed is carried out again by the next pass.
+    pub(crate) fn fail_interrupted_checkpoints(&self) {
+        let message = "the agent stopped while this snapshot was being taken; trigger a new one";
+        for value in self.store.list("PodSnapshot", None).unwrap_or_default() {
+            let awaiting = value["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["reason"] == "AwaitingCheckpoint")
+            });
+            if !awaiting {
+                continue;
+            }
+            let namespace = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let status = json!({"conditions": [
+                condition("Checkpoint", "False", "Failed", message),
+                condition("Ready", "False", "Failed", message),
+            ]});
+            let _ = self
+                .store
+                .set_status("PodSnapshot", &namespace, &name, status);
+            let _ = self.store.event(
+                "Warning",
+                "Failed",
+                "PodSnapshot",
+                &namespace,
+                &name,
+                message,
+            );
+        }
+    }
+
     /// Starts every manual trigger that has not fired yet.
     pub(crate) async fn reconcile_triggers(&self) {
         for trigger in self
@@ -440,9 +479,15 @@ impl Controller {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let generation = self.pods.lock().await.get(&key).map_or(0, |t| t.generation);
                 self.watch_container(&namespace, &name, &uid, container, id, generation);
-            } else if let Some(t) = self.pods.lock().await.get_mut(&key) {
-                t.completed_by_checkpoint = true;
-                t.exited.insert(container, 0);
+            } else {
+                if let Some(t) = self.pods.lock().await.get_mut(&key) {
+                    t.completed_by_checkpoint = true;
+                    t.exited.insert(container, 0);
+                }
+                // postCheckpoint: stop — the Pod completed; its sandbox is freed.
+                if let Err(e) = engine.delete(&running.sandbox_id).await {
+                    tracing::warn!(error = %e, "removing a stopped sandbox");
+                }
             }
         }
         if let Some(t) = self.pods.lock().await.get(&key).cloned() {

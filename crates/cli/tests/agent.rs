@@ -777,3 +777,37 @@ async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
         "the restored Pod has its own host name"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_checkpoint_stop_completes_the_pod() {
+    let (dir, _cleanup, _agent, client, engine) = busybox_agent().await;
+    let setup = snapshot_setup(
+        dir.path(),
+        "counter",
+        "type: manual, postCheckpoint: stop",
+        &COUNTER_POD.replace("NAME", "once"),
+    );
+    apply(&client, &setup).await.unwrap();
+    wait_phase(&client, "once", "Running").await;
+    apply(&client, "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: stop-now, namespace: default}\nspec: {targetPod: once}\n").await.unwrap();
+    let done = wait_phase_within(&client, "once", "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 0);
+    let trigger = client
+        .json(
+            Method::GET,
+            "/objects/PodSnapshotManualTrigger/default/stop-now",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        trigger["status"]["conditions"][0]["reason"], "Complete",
+        "{}",
+        trigger["status"]
+    );
+    // The sandbox is gone and stays gone (no restart although the policy is Always).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let running: Vec<String> = engine.list().await.unwrap();
+    assert!(running.iter().all(|id| !id.contains("once")), "{running:?}");
+    assert_eq!(pod(&client, "once").await["status"]["phase"], "Succeeded");
+}
