@@ -138,8 +138,9 @@ fn port_mappings(tracked: &Tracked) -> Vec<crate::relay::PortMapping> {
     out
 }
 
-fn pod_key(pod: &Value) -> (String, String) {
-    let meta = &pod["metadata"];
+/// The namespace (`default` when absent) and name of a stored object.
+pub(crate) fn object_key(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
     (
         meta["namespace"].as_str().unwrap_or("default").to_owned(),
         meta["name"].as_str().unwrap_or_default().to_owned(),
@@ -147,6 +148,21 @@ fn pod_key(pod: &Value) -> (String, String) {
 }
 
 impl Controller {
+    /// Records an event about Pod `namespace/name` (the store logs it; a failure to record it
+    /// does not stop the controller).
+    pub(crate) fn pod_event(
+        &self,
+        event_type: &str,
+        reason: &str,
+        namespace: &str,
+        name: &str,
+        message: &str,
+    ) {
+        let _ = self
+            .store
+            .event(event_type, reason, "Pod", namespace, name, message);
+    }
+
     /// A controller over `store` running Pods with `runner`, keeping checkpoint images and
     /// the chunk cache under `state_dir`.
     pub fn new(store: Store, runner: PodRunner, state_dir: &std::path::Path) -> Self {
@@ -193,7 +209,7 @@ impl Controller {
             let Ok(pod) = serde_json::from_value::<Pod>(value.clone()) else {
                 continue;
             };
-            let (namespace, name) = pod_key(&value);
+            let (namespace, name) = object_key(&value);
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             let sandbox = podsnap_runtime::plan::sandbox_id(&namespace, &name, &uid);
             let alive = matches!(engine.state(&sandbox).await, Ok(s) if s.status == podsnap_engine::Status::Running);
@@ -251,7 +267,7 @@ impl Controller {
     /// every Pod and scaling adds or removes the highest indices.
     pub fn reconcile_deployments(&self) {
         for deployment in self.store.list("Deployment", None).unwrap_or_default() {
-            let (namespace, name) = pod_key(&deployment);
+            let (namespace, name) = object_key(&deployment);
             let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
             let template = &deployment["spec"]["template"];
             let hash = template_hash(template);
@@ -338,7 +354,7 @@ impl Controller {
         self.reconcile_retention().await;
         let stored = self.store.list("Pod", None).unwrap_or_default();
         let wanted: HashMap<(String, String), Value> =
-            stored.into_iter().map(|p| (pod_key(&p), p)).collect();
+            stored.into_iter().map(|p| (object_key(&p), p)).collect();
         // Stop Pods that were deleted (or re-created with a new uid).
         let stale: Vec<((String, String), Tracked)> = {
             let pods = self.pods.lock().await;
@@ -359,10 +375,9 @@ impl Controller {
                 tracing::warn!(error = %e, "stopping a deleted Pod");
             }
             self.pods.lock().await.remove(&key);
-            let _ = self.store.event(
+            self.pod_event(
                 "Normal",
                 "Killing",
-                "Pod",
                 &key.0,
                 &key.1,
                 "stopped the Pod's containers",
@@ -435,10 +450,9 @@ impl Controller {
                         return;
                     }
                 }
-                let _ = self.store.event(
+                self.pod_event(
                     "Normal",
                     "Started",
-                    "Pod",
                     namespace,
                     name,
                     "started the Pod's containers",
@@ -551,14 +565,7 @@ impl Controller {
                 {
                     Ok(cmd) => cmd,
                     Err(e) => {
-                        let _ = self.store.event(
-                            "Warning",
-                            "InvalidProbe",
-                            "Pod",
-                            namespace,
-                            name,
-                            &e.to_string(),
-                        );
+                        self.pod_event("Warning", "InvalidProbe", namespace, name, &e.to_string());
                         continue;
                     }
                 };
@@ -611,14 +618,7 @@ impl Controller {
                         let message = format!(
                             "liveness probe of {container} failed {failures} times; killing it"
                         );
-                        let _ = self.store.event(
-                            "Warning",
-                            "Unhealthy",
-                            "Pod",
-                            namespace,
-                            name,
-                            &message,
-                        );
+                        self.pod_event("Warning", "Unhealthy", namespace, name, &message);
                         let _ = self.runner.engine().kill(&id, 9).await;
                     }
                 } else {
@@ -641,14 +641,7 @@ impl Controller {
                         };
                         if !ready && failures >= timing.failure_threshold {
                             let message = format!("readiness probe of {container} failed");
-                            let _ = self.store.event(
-                                "Warning",
-                                "Unhealthy",
-                                "Pod",
-                                namespace,
-                                name,
-                                &message,
-                            );
+                            self.pod_event("Warning", "Unhealthy", namespace, name, &message);
                         }
                         self.write_status(namespace, name, &updated);
                     }
@@ -675,10 +668,9 @@ impl Controller {
             t.exited.insert(container.to_owned(), code);
             t.clone()
         };
-        let _ = self.store.event(
+        self.pod_event(
             if code == 0 { "Normal" } else { "Warning" },
             "ContainerExited",
-            "Pod",
             namespace,
             name,
             &format!("container {container} exited with code {code}"),
@@ -696,10 +688,9 @@ impl Controller {
         }
         let restarts = tracked.restarts.get(container).copied().unwrap_or(0);
         let delay = podsnap_runtime::plan::restart_backoff(restarts);
-        let _ = self.store.event(
+        self.pod_event(
             "Normal",
             "BackOff",
-            "Pod",
             namespace,
             name,
             &format!("restarting {container} in {}s", delay.as_secs()),
@@ -723,10 +714,9 @@ impl Controller {
                     *t.restarts.entry(container.to_owned()).or_insert(0) += 1;
                     t.clone()
                 };
-                let _ = self.store.event(
+                self.pod_event(
                     "Normal",
                     "Started",
-                    "Pod",
                     namespace,
                     name,
                     &format!("restarted container {container}"),
@@ -745,10 +735,9 @@ impl Controller {
                 }
             }
             Err(e) => {
-                let _ = self.store.event(
+                self.pod_event(
                     "Warning",
                     "FailedRestart",
-                    "Pod",
                     namespace,
                     name,
                     &format!("could not restart {container}: {e}"),

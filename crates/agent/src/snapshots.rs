@@ -19,7 +19,7 @@ use podsnap_repo::{Chunking, RepoOptions, Repository, SnapshotMetadata};
 use podsnap_runtime::RunningPod;
 use serde_json::{Value, json};
 
-use crate::controller::Controller;
+use crate::controller::{Controller, object_key};
 use crate::metrics::Metrics;
 use crate::store::now;
 
@@ -92,14 +92,7 @@ impl Controller {
                 let answer = match &outcome {
                     Ok(_) => "resume",
                     Err(message) => {
-                        let _ = me.store.event(
-                            "Warning",
-                            "CheckpointFailed",
-                            "Pod",
-                            &namespace,
-                            &name,
-                            message,
-                        );
+                        me.pod_event("Warning", "CheckpointFailed", &namespace, &name, message);
                         "error"
                     }
                 };
@@ -141,14 +134,7 @@ impl Controller {
             if value["metadata"]["deletionTimestamp"].is_null() {
                 continue;
             }
-            let namespace = value["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_owned();
-            let name = value["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let (namespace, name) = object_key(&value);
             let policy = value["spec"]["policyName"].as_str().unwrap_or_default();
             let storage = policies
                 .iter()
@@ -208,14 +194,7 @@ impl Controller {
             if !awaiting {
                 continue;
             }
-            let namespace = value["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_owned();
-            let name = value["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let (namespace, name) = object_key(&value);
             let status = json!({"conditions": [
                 condition("Checkpoint", "False", "Failed", message),
                 condition("Ready", "False", "Failed", message),
@@ -260,14 +239,7 @@ impl Controller {
     }
 
     async fn run_trigger(&self, trigger: Value) {
-        let namespace = trigger["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_owned();
-        let name = trigger["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (namespace, name) = object_key(&trigger);
         let target = trigger["spec"]["targetPod"]
             .as_str()
             .unwrap_or_default()
@@ -419,10 +391,9 @@ impl Controller {
                 self.metrics
                     .checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
-                let _ = self.store.event(
+                self.pod_event(
                     "Normal",
                     "Checkpointed",
-                    "Pod",
                     namespace,
                     pod_name,
                     &format!("snapshot {snapshot} is stored"),
@@ -564,10 +535,9 @@ impl Controller {
             Selection::ColdStart(NoSnapshot::NoPolicy) => return None,
             Selection::ColdStart(reason) => {
                 Metrics::count(&self.metrics.cold_starts, reason.reason());
-                let _ = self.store.event(
+                self.pod_event(
                     "Normal",
                     reason.reason(),
-                    "Pod",
                     namespace,
                     name,
                     &format!("starting cold: {reason}"),
@@ -608,10 +578,9 @@ impl Controller {
                 self.metrics
                     .restore_seconds
                     .observe(started.elapsed().as_secs_f64());
-                let _ = self.store.event(
+                self.pod_event(
                     "Normal",
                     "Restored",
-                    "Pod",
                     namespace,
                     name,
                     &format!("Successfully restored the pod from PodSnapshot {snapshot_name}"),
@@ -632,7 +601,7 @@ impl Controller {
             Err(message) => {
                 Metrics::count(&self.metrics.restores, "failure");
                 Metrics::count(&self.metrics.cold_starts, "RestoreFailed");
-                let _ = self.store.event("Warning", "RestoreFailed", "Pod", namespace, name, &format!("restoring from PodSnapshot {snapshot_name} failed, starting cold: {message}"));
+                self.pod_event("Warning", "RestoreFailed", namespace, name, &format!("restoring from PodSnapshot {snapshot_name} failed, starting cold: {message}"));
                 None
             }
         }
