@@ -17,9 +17,6 @@ use tokio::sync::Mutex;
 
 use crate::store::{Store, now};
 
-/// The exit code recorded when a container ended before its code could be collected.
-pub const UNKNOWN_EXIT_CODE: i32 = 255;
-
 /// Label on the Pods a Deployment owns.
 pub const DEPLOYMENT_LABEL: &str = "podsnap.dev/deployment";
 
@@ -510,25 +507,10 @@ impl Controller {
         let me = self.clone();
         let key = (namespace.to_owned(), name.to_owned());
         let uid = uid.to_owned();
-        let recorded = self
-            .runner
-            .pod_dir_of(namespace, name, &uid)
-            .join("status")
-            .join(&container)
-            .join("exit");
+        let pod_dir = self.runner.pod_dir_of(namespace, name, &uid);
         tokio::spawn(async move {
-            let code = match me.runner.engine().wait(&id).await {
-                Ok(code) => code,
-                Err(_) if recorded.exists() => std::fs::read_to_string(&recorded)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(UNKNOWN_EXIT_CODE),
-                // The process ended before anyone could collect its code (runsc keeps no exit
-                // code once a sandbox is gone): record an unknown failure.
-                Err(_) => match me.runner.engine().state(&id).await {
-                    Ok(state) if state.status != podsnap_engine::Status::Stopped => return,
-                    _ => UNKNOWN_EXIT_CODE,
-                },
+            let Some(code) = me.runner.wait_container(&pod_dir, &container, &id).await else {
+                return;
             };
             let current = me.pods.lock().await.get(&key).map(|t| t.generation);
             if current.is_some_and(|g| g != generation) {

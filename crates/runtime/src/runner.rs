@@ -89,7 +89,7 @@ impl RunningPod {
     /// The file where the exit code of container `name` is recorded when it runs as the
     /// sandbox's root.
     pub fn exit_code_path(&self, name: &str) -> PathBuf {
-        self.dir.join("status").join(name).join("exit")
+        status_dir(&self.dir, name).join("exit")
     }
 
     /// The host directory behind [`CONTRACT_DIR`].
@@ -105,6 +105,14 @@ impl RunningPod {
 
 /// Where the helper tools (a static busybox) appear in every container, for probes.
 pub const HELPER_DIR: &str = "/.podsnap";
+
+/// The exit code recorded when a container ended before its code could be collected.
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
+/// The host directory where container `name` of the Pod in `pod_dir` records its exit code.
+fn status_dir(pod_dir: &Path, name: &str) -> PathBuf {
+    pod_dir.join("status").join(name)
+}
 
 /// Where the workload contract appears in every container: `trigger` (the workload writes
 /// `1` to ask for a snapshot), `result` (the agent writes `resume`, `restore` or `error`) and
@@ -478,11 +486,29 @@ impl PodRunner {
         Ok(())
     }
 
+    /// Waits until container `name` (engine id `id`) of the Pod in `pod_dir` exits; its exit
+    /// code: from the engine, else from the code the root process recorded, else
+    /// [`UNKNOWN_EXIT_CODE`] for a process that ended before anyone could collect its code.
+    /// `None` when the wait failed but the container still runs.
+    pub async fn wait_container(&self, pod_dir: &Path, name: &str, id: &str) -> Option<i32> {
+        if let Ok(code) = self.engine.wait(id).await {
+            return Some(code);
+        }
+        let recorded = status_dir(pod_dir, name).join("exit");
+        if let Ok(text) = std::fs::read_to_string(&recorded) {
+            return Some(text.trim().parse().unwrap_or(UNKNOWN_EXIT_CODE));
+        }
+        match self.engine.state(id).await {
+            Ok(state) if state.status != podsnap_engine::Status::Stopped => None,
+            _ => Some(UNKNOWN_EXIT_CODE),
+        }
+    }
+
     /// Wraps a sandbox's root process so that its exit code lands in
     /// [`RunningPod::exit_code_path`]: runsc forgets a sandbox's exit code once the sandbox is
     /// gone, so a process that exits at once would otherwise leave no code behind.
     fn record_exit_code(&self, spec: &mut ContainerSpec, pod_dir: &Path, name: &str) -> Result<()> {
-        let status_dir = pod_dir.join("status").join(name);
+        let status_dir = status_dir(pod_dir, name);
         std::fs::create_dir_all(&status_dir).map_err(io_err("creating the status directory"))?;
         let _ = std::fs::remove_file(status_dir.join("exit"));
         spec.mounts.push(podsnap_engine::Mount {
