@@ -467,9 +467,6 @@ impl Controller {
         self.metrics
             .checkpoint_bytes
             .inc_by(image.files.iter().map(|(_, size)| size).sum());
-        self.metrics
-            .checkpoint_bytes
-            .inc_by(image.files.iter().map(|(_, size)| size).sum());
         let metadata = SnapshotMetadata {
             policy: policy.metadata.name.clone(),
             distilled_spec_hash: Some(hash.to_owned()),

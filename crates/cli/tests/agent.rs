@@ -695,7 +695,8 @@ spec:
       echo warming; rm -f /podsnap/result; echo 1 > /podsnap/trigger;
       while true; do r=$(cat /podsnap/result 2>/dev/null);
       case "$r" in resume|restore|error) break;; esac; sleep 0.1; done;
-      echo "outcome=$r"; echo "$r" > /tmp/outcome; exec sleep 1000
+      echo "outcome=$r"; echo "$r" > /tmp/outcome.new;
+      mv /tmp/outcome.new /tmp/outcome; exec sleep 1000
 "#;
 
 async fn outcome(client: &Client, pod: &str) -> String {
@@ -708,10 +709,13 @@ async fn outcome(client: &Client, pod: &str) -> String {
                 Some(&json!({"command": ["/bin/cat", "/tmp/outcome"]})),
             )
             .await;
+        // The file is renamed into place, but an empty read must never count as an answer.
         if let Ok(out) = out
             && out["exitCode"] == 0
+            && let Some(answer) = out["stdout"].as_str().map(str::trim)
+            && !answer.is_empty()
         {
-            return out["stdout"].as_str().unwrap_or_default().trim().to_owned();
+            return answer.to_owned();
         }
         assert!(
             Instant::now() < deadline,
