@@ -25,6 +25,8 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     /// Bytes of checkpoint images written.
     pub checkpoint_bytes: Counter,
+    /// Bytes uploaded to repositories: new chunks only, compressed.
+    pub uploaded_bytes: Counter,
     /// Restores by outcome.
     pub restores: Family<Outcome, Counter>,
     /// Seconds to restore a Pod (fetch and engine restore).
@@ -39,6 +41,7 @@ impl Default for Metrics {
         let checkpoints = Family::<Outcome, Counter>::default();
         let checkpoint_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 12));
         let checkpoint_bytes = Counter::default();
+        let uploaded_bytes = Counter::default();
         let restores = Family::<Outcome, Counter>::default();
         let restore_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         let cold_starts = Family::<Outcome, Counter>::default();
@@ -56,6 +59,11 @@ impl Default for Metrics {
             "checkpoint_bytes",
             "Bytes of checkpoint images written",
             checkpoint_bytes.clone(),
+        );
+        registry.register(
+            "uploaded_bytes",
+            "Bytes uploaded to snapshot repositories (new chunks, compressed)",
+            uploaded_bytes.clone(),
         );
         registry.register(
             "restores",
@@ -77,6 +85,7 @@ impl Default for Metrics {
             checkpoints,
             checkpoint_seconds,
             checkpoint_bytes,
+            uploaded_bytes,
             restores,
             restore_seconds,
             cold_starts,

@@ -373,7 +373,8 @@ impl Controller {
             )
             .await;
         match result {
-            Ok(()) => {
+            Ok(stats) => {
+                self.metrics.uploaded_bytes.inc_by(stats.new_bytes);
                 let status = json!({
                     "conditions": [
                         condition("Checkpoint", "True", "Succeeded", ""),
@@ -381,7 +382,11 @@ impl Controller {
                         condition("Ready", "True", "AllSnapshotsAvailable", ""),
                     ],
                     "observedCheckpointRetryCount": 0,
-                    "storageStatus": {"observedPath": format!("{}/snapshots/{snapshot}", repo.url())},
+                    "storageStatus": {
+                        "observedPath": format!("{}/snapshots/{snapshot}", repo.url()),
+                        "sizeBytes": stats.bytes,
+                        "uploadedBytes": stats.new_bytes,
+                    },
                     "restoreRequirements": {"scope": policy.spec.scope(), "distilledSpecHash": hash.to_string(), "node": node},
                 });
                 let _ = self
@@ -424,7 +429,7 @@ impl Controller {
         snapshot: &str,
         hash: &str,
         node: &podsnap_api::NodeFingerprint,
-    ) -> Result<(), String> {
+    ) -> Result<podsnap_repo::WriteStats, String> {
         let namespace = pod
             .metadata
             .namespace
@@ -490,13 +495,15 @@ impl Controller {
                     )
                     .await?;
             }
-            writer.commit().await
+            let stats = writer.stats().clone();
+            writer.commit().await?;
+            Ok::<_, podsnap_repo::RepoError>(stats)
         };
         let uploaded = upload
             .await
             .map_err(|e| format!("uploading the snapshot failed: {e}"));
         let _ = std::fs::remove_dir_all(&image_dir);
-        uploaded.map(|_| ())
+        uploaded
     }
 
     /// Restores `pod` from the snapshot that fits it, if any; records why not otherwise.

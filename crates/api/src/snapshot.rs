@@ -64,6 +64,13 @@ pub struct StorageStatus {
     /// The location as a URL, for every backend (`gs://…`, `s3://…`, `file:///…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_path: Option<String>,
+    /// The snapshot's size: plain bytes over all its streams (podsnap extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Bytes this snapshot added to the repository: its new chunks, compressed (and
+    /// encrypted); every other chunk was stored already (podsnap extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_bytes: Option<u64>,
 }
 
 /// GKE's GCS storage status.
