@@ -27,6 +27,7 @@ pub struct Api {
 pub const KINDS: &[(&str, bool)] = &[
     ("Pod", true),
     ("Deployment", true),
+    ("Secret", true),
     ("PodSnapshotStorageConfig", false),
     ("PodSnapshotPolicy", true),
     ("PodSnapshot", true),
@@ -117,6 +118,7 @@ async fn apply(State(api): State<Arc<Api>>, body: String) -> Response {
             Object::ManualTrigger(o) => serde_json::to_value(o),
             Object::Pod(o) => serde_json::to_value(o),
             Object::Deployment(o) => serde_json::to_value(o),
+            Object::Secret(o) => serde_json::to_value(o),
         };
         let mut value = match value {
             Ok(v) => v,

@@ -107,6 +107,9 @@ pub struct Controller {
     pub metrics: crate::metrics::Metrics,
     /// Manual triggers being carried out.
     pub(crate) busy_triggers: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Pods being checkpointed: a deleted one is stopped only after its checkpoint ends, so
+    /// that an in-place resume cannot bring a deleted Pod's sandbox back.
+    pub(crate) checkpointing: Arc<Mutex<std::collections::HashSet<PodKey>>>,
     pub(crate) pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
     relays: Arc<Mutex<HashMap<PodKey, Vec<tokio::task::JoinHandle<()>>>>>,
@@ -174,6 +177,7 @@ impl Controller {
             node,
             state_dir: state_dir.to_path_buf(),
             busy_triggers: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            checkpointing: Arc::new(Mutex::new(std::collections::HashSet::new())),
             metrics: crate::metrics::Metrics::default(),
             pods: Arc::new(Mutex::new(HashMap::new())),
             failed: Arc::new(Mutex::new(HashMap::new())),
@@ -365,6 +369,9 @@ impl Controller {
                 .collect()
         };
         for (key, tracked) in stale {
+            if self.checkpointing.lock().await.contains(&key) {
+                continue;
+            }
             for handle in self.relays.lock().await.remove(&key).unwrap_or_default() {
                 handle.abort();
             }

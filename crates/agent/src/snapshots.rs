@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use podsnap_api::{
@@ -15,13 +16,17 @@ use podsnap_api::{
 use podsnap_core::{
     DistilledSpec, NoSnapshot, PodFacts, PolicyMatch, Selection, governing_policy, select_snapshot,
 };
-use podsnap_repo::{Chunking, RepoOptions, Repository, SnapshotMetadata};
+use podsnap_repo::{Chunking, EncryptionKey, RepoOptions, Repository, SnapshotMetadata};
 use podsnap_runtime::RunningPod;
 use serde_json::{Value, json};
 
 use crate::controller::{Controller, object_key};
 use crate::metrics::Metrics;
 use crate::store::now;
+
+/// How often a failed checkpoint step (engine checkpoint, upload) is tried again; the pauses
+/// between attempts are 1 s, 2 s, 4 s, ….
+pub const CHECKPOINT_RETRIES: u32 = 2;
 
 fn typed<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
     values
@@ -52,11 +57,71 @@ impl Controller {
         let location =
             podsnap_repo::open(&config.spec.snapshot_storage_config, &Default::default())
                 .map_err(|e| e.to_string())?;
+        let key = match &config.spec.encryption {
+            None => None,
+            Some(encryption) => Some(self.encryption_key(storage_name, encryption)?),
+        };
         let options = RepoOptions {
             cache: Some((self.state_dir.join("chunk-cache"), 20 << 30)),
             ..RepoOptions::default()
         };
-        Repository::new(location, None, options).map_err(|e| e.to_string())
+        Repository::new(location, key, options).map_err(|e| e.to_string())
+    }
+
+    /// The encryption key of storage config `storage_name`: from the key file on this node, or
+    /// from a key of a Secret (64 hex digits, as `podsnap repo keygen` writes, or 32 raw bytes).
+    fn encryption_key(
+        &self,
+        storage_name: &str,
+        encryption: &podsnap_api::storage::EncryptionConfig,
+    ) -> Result<EncryptionKey, String> {
+        if let Some(path) = &encryption.key_file {
+            return EncryptionKey::from_file(std::path::Path::new(path))
+                .map_err(|e| format!("PodSnapshotStorageConfig {storage_name}: {e}"));
+        }
+        let Some(secret_ref) = &encryption.secret_ref else {
+            return Err(format!(
+                "PodSnapshotStorageConfig {storage_name} enables encryption without a key; set encryption.keyFile or encryption.secretRef"
+            ));
+        };
+        let namespace = secret_ref.namespace.as_deref().unwrap_or("default");
+        let name = &secret_ref.name;
+        let secret = self
+            .store
+            .get("Secret", namespace, name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "the encryption key of PodSnapshotStorageConfig {storage_name} is in Secret {namespace}/{name}, which does not exist; create it, e.g. `podsnap repo keygen -o repo.key` and a Secret with the file's text under key {}",
+                    secret_ref.key
+                )
+            })?;
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(secret).map_err(|e| e.to_string())?;
+        let raw: Option<Vec<u8>> = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret_ref.key))
+            .map(|v| v.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&secret_ref.key))
+                    .map(|v| v.clone().into_bytes())
+            });
+        let raw = raw.ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{name} has no key {}; the storage config {storage_name} reads its encryption key from there",
+                secret_ref.key
+            )
+        })?;
+        EncryptionKey::parse(&raw).ok_or_else(|| {
+            format!(
+                "key {} of Secret {namespace}/{name} is not a podsnap key: it must hold 64 hex digits (`podsnap repo keygen`) or 32 raw bytes",
+                secret_ref.key
+            )
+        })
     }
 
     fn policies(&self, namespace: &str) -> Vec<PodSnapshotPolicy> {
@@ -181,10 +246,15 @@ impl Controller {
         }
     }
 
-    /// After a restart of the agent: a PodSnapshot still awaiting its checkpoint lost the process
-    /// that was taking it. It is marked failed (it never was Ready, so nothing restores from it);
-    /// a manual trigger that had not completed is carried out again by the next pass.
+    /// After a restart of the agent: leftover checkpoint and restore images are removed, and a
+    /// PodSnapshot still awaiting its checkpoint lost the process that was taking it. It is
+    /// marked failed (it never was Ready, so nothing restores from it); a manual trigger that
+    /// had not completed is carried out again by the next pass.
     pub(crate) fn fail_interrupted_checkpoints(&self) {
+        // Images of checkpoints and restores the stopped agent was working on are of no use.
+        for dir in ["checkpoints", "restores"] {
+            let _ = std::fs::remove_dir_all(self.state_dir.join(dir));
+        }
         let message = "the agent stopped while this snapshot was being taken; trigger a new one";
         for value in self.store.list("PodSnapshot", None).unwrap_or_default() {
             let awaiting = value["status"]["conditions"].as_array().is_some_and(|c| {
@@ -290,13 +360,34 @@ impl Controller {
         trigger: Option<&str>,
     ) -> Result<String, String> {
         let key = (namespace.to_owned(), pod_name.to_owned());
+        if !self.checkpointing.lock().await.insert(key.clone()) {
+            return Err(format!(
+                "a checkpoint of Pod {pod_name} is already running; trigger again when it ends"
+            ));
+        }
+        let result = self.checkpoint_tracked(&key, trigger).await;
+        self.checkpointing.lock().await.remove(&key);
+        result
+    }
+
+    async fn checkpoint_tracked(
+        &self,
+        key: &(String, String),
+        trigger: Option<&str>,
+    ) -> Result<String, String> {
+        let (namespace, pod_name) = (key.0.as_str(), key.1.as_str());
         let tracked = self
             .pods
             .lock()
             .await
-            .get(&key)
+            .get(key)
             .cloned()
             .ok_or_else(|| format!("Pod {pod_name} is not running in namespace {namespace}"))?;
+        if !self.pod_exists(namespace, pod_name, &tracked.uid) {
+            return Err(format!(
+                "Pod {pod_name} is being deleted; nothing to snapshot"
+            ));
+        }
         let pod = tracked.pod.clone();
         if !podsnap_runtime::runner::is_solo(&pod) {
             return Err(format!(
@@ -361,15 +452,16 @@ impl Controller {
             .store
             .set_status("PodSnapshot", namespace, &snapshot, awaiting);
         let started = std::time::Instant::now();
+        let mut retries = 0;
         let result = self
             .checkpoint_and_upload(
-                &tracked.running,
-                &pod,
+                &tracked,
                 &policy,
                 &repo,
                 &snapshot,
                 &hash.to_string(),
                 &node,
+                &mut retries,
             )
             .await;
         match result {
@@ -381,7 +473,7 @@ impl Controller {
                         condition("StorageReplicated", "True", "Succeeded", ""),
                         condition("Ready", "True", "AllSnapshotsAvailable", ""),
                     ],
-                    "observedCheckpointRetryCount": 0,
+                    "observedCheckpointRetryCount": retries,
                     "storageStatus": {
                         "observedPath": format!("{}/snapshots/{snapshot}", repo.url()),
                         "sizeBytes": stats.bytes,
@@ -406,10 +498,15 @@ impl Controller {
                 Ok(snapshot)
             }
             Err(message) => {
+                let message = if retries > 0 {
+                    format!("{message} (gave up after {retries} retries)")
+                } else {
+                    message
+                };
                 let status = json!({"conditions": [
                     condition("Checkpoint", "False", "Failed", &message),
                     condition("Ready", "False", "Failed", &message),
-                ]});
+                ], "observedCheckpointRetryCount": retries});
                 let _ = self
                     .store
                     .set_status("PodSnapshot", namespace, &snapshot, status);
@@ -419,17 +516,81 @@ impl Controller {
         }
     }
 
+    /// Whether Pod `namespace/name` with `uid` still exists and is not being replaced.
+    fn pod_exists(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        matches!(self.store.get("Pod", namespace, name), Ok(Some(p)) if p["metadata"]["uid"] == uid)
+    }
+
+    /// Runs `step` until it succeeds, at most [`CHECKPOINT_RETRIES`] times more, with a growing
+    /// pause; each retry is counted in `retries` and shown on PodSnapshot `snapshot`. No retry
+    /// once the Pod is gone.
+    async fn retrying<T, F>(
+        &self,
+        tracked: &crate::controller::Tracked,
+        snapshot: &str,
+        retries: &mut u32,
+        mut step: impl FnMut() -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
+        let namespace = tracked
+            .pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
+        let name = tracked.pod.metadata.name.as_deref().unwrap_or_default();
+        loop {
+            let error = match step().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if *retries >= CHECKPOINT_RETRIES || !self.pod_exists(namespace, name, &tracked.uid) {
+                return Err(error);
+            }
+            *retries += 1;
+            let pause = Duration::from_secs(1 << (*retries - 1));
+            let message = format!(
+                "attempt {} failed: {error}; retrying in {} s",
+                *retries,
+                pause.as_secs()
+            );
+            tracing::warn!(snapshot, pod = name, "{message}");
+            let status = json!({"conditions": [
+                condition("Checkpoint", "Unknown", "AwaitingCheckpoint", &message),
+                condition("Ready", "False", "AwaitingCheckpoint", ""),
+            ], "observedCheckpointRetryCount": *retries});
+            let _ = self
+                .store
+                .set_status("PodSnapshot", namespace, snapshot, status);
+            let _ = self.store.event(
+                "Warning",
+                "CheckpointRetry",
+                "PodSnapshot",
+                namespace,
+                snapshot,
+                &message,
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Checkpoints the Pod with the engine and uploads the image, each step retried on failure
+    /// (an upload retry reuses the image, and the chunks an earlier attempt stored).
     #[allow(clippy::too_many_arguments)]
     async fn checkpoint_and_upload(
         &self,
-        running: &RunningPod,
-        pod: &Pod,
+        tracked: &crate::controller::Tracked,
         policy: &PodSnapshotPolicy,
         repo: &Repository,
         snapshot: &str,
         hash: &str,
         node: &podsnap_api::NodeFingerprint,
+        retries: &mut u32,
     ) -> Result<podsnap_repo::WriteStats, String> {
+        let pod = &tracked.pod;
+        let running = &tracked.running;
         let namespace = pod
             .metadata
             .namespace
@@ -438,25 +599,43 @@ impl Controller {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let resume = policy.spec.trigger_config.post_checkpoint() == PostCheckpoint::Resume;
         let image_dir = self.state_dir.join("checkpoints").join(snapshot);
-        let _ = std::fs::remove_dir_all(&image_dir);
         let engine = self.runner.engine().clone();
         let key = (namespace.clone(), name.clone());
-        // The checkpoint stops the sandbox: its waiters' reports are not an exit of the Pod.
-        if let Some(t) = self.pods.lock().await.get_mut(&key) {
-            t.generation += 1;
-        }
-        let image = engine
-            .checkpoint(&running.sandbox_id, &image_dir, resume)
-            .await
-            .map_err(|e| format!("the checkpoint failed: {e}"))?;
+        let (image_dir, engine, key) = (&image_dir, &engine, &key);
+        let image = self
+            .retrying(tracked, snapshot, retries, move || async move {
+                let _ = std::fs::remove_dir_all(image_dir);
+                // The checkpoint stops the sandbox: its waiters' reports are not an exit of
+                // the Pod.
+                if let Some(t) = self.pods.lock().await.get_mut(key) {
+                    t.generation += 1;
+                }
+                let image = engine
+                    .checkpoint(&running.sandbox_id, image_dir, resume)
+                    .await
+                    .map_err(|e| format!("the checkpoint failed: {e}"));
+                if image.is_err()
+                    && let Some((container, id)) = running.containers.first().cloned()
+                {
+                    // The sandbox may still run: watch it again.
+                    self.rewatch(key, pod, container, id).await;
+                }
+                image
+            })
+            .await;
+        let image = match image {
+            Ok(image) => image,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(image_dir);
+                return Err(e);
+            }
+        };
         if let Some((container, id)) = running.containers.first().cloned() {
             if resume {
                 // The sandbox was restored in place: wait on the new one.
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let generation = self.pods.lock().await.get(&key).map_or(0, |t| t.generation);
-                self.watch_container(&namespace, &name, &uid, container, id, generation);
+                self.rewatch(key, pod, container, id).await;
             } else {
-                if let Some(t) = self.pods.lock().await.get_mut(&key) {
+                if let Some(t) = self.pods.lock().await.get_mut(key) {
                     t.completed_by_checkpoint = true;
                     t.exited.insert(container, 0);
                 }
@@ -466,7 +645,7 @@ impl Controller {
                 }
             }
         }
-        if let Some(t) = self.pods.lock().await.get(&key).cloned() {
+        if let Some(t) = self.pods.lock().await.get(key).cloned() {
             self.write_status(&namespace, &name, &t);
         }
         self.metrics
@@ -479,31 +658,54 @@ impl Controller {
             engine: Some(node.engine.clone()),
             labels: BTreeMap::new(),
         };
-        let upload = async {
-            let mut writer = repo.begin_snapshot(snapshot, metadata).await?;
-            for (file, size) in &image.files {
-                let stream = format!("gvisor/{}", file.to_ascii_lowercase());
-                let source = std::fs::File::open(image_dir.join(file))
-                    .map_err(|e| podsnap_repo::RepoError::io(format!("reading {file}"), e))?;
+        let (metadata, image) = (&metadata, &image);
+        let uploaded = self
+            .retrying(tracked, snapshot, retries, move || async move {
+                let mut writer = repo
+                    .begin_snapshot(snapshot, metadata.clone())
+                    .await
+                    .map_err(|e| format!("uploading the snapshot failed: {e}"))?;
+                let written = async {
+                    for (file, size) in &image.files {
+                        let stream = format!("gvisor/{}", file.to_ascii_lowercase());
+                        let source = std::fs::File::open(image_dir.join(file)).map_err(|e| {
+                            podsnap_repo::RepoError::io(format!("reading {file}"), e)
+                        })?;
+                        writer
+                            .add_stream(
+                                &stream,
+                                Chunking::MEMORY,
+                                source,
+                                Some(*size),
+                                &podsnap_repo::NoProgress,
+                            )
+                            .await?;
+                    }
+                    Ok::<_, podsnap_repo::RepoError>(())
+                }
+                .await;
+                if let Err(e) = written {
+                    let _ = writer.abort().await;
+                    return Err(format!("uploading the snapshot failed: {e}"));
+                }
+                let stats = writer.stats().clone();
                 writer
-                    .add_stream(
-                        &stream,
-                        Chunking::MEMORY,
-                        source,
-                        Some(*size),
-                        &podsnap_repo::NoProgress,
-                    )
-                    .await?;
-            }
-            let stats = writer.stats().clone();
-            writer.commit().await?;
-            Ok::<_, podsnap_repo::RepoError>(stats)
-        };
-        let uploaded = upload
-            .await
-            .map_err(|e| format!("uploading the snapshot failed: {e}"));
-        let _ = std::fs::remove_dir_all(&image_dir);
+                    .commit()
+                    .await
+                    .map_err(|e| format!("storing the snapshot's manifest failed: {e}"))?;
+                Ok(stats)
+            })
+            .await;
+        let _ = std::fs::remove_dir_all(image_dir);
         uploaded
+    }
+
+    /// Follows container `container` (engine id `id`) of the Pod at `key` again after its
+    /// sandbox was stopped or replaced by a checkpoint.
+    async fn rewatch(&self, key: &(String, String), pod: &Pod, container: String, id: String) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let generation = self.pods.lock().await.get(key).map_or(0, |t| t.generation);
+        self.watch_container(&key.0, &key.1, &uid, container, id, generation);
     }
 
     /// Restores `pod` from the snapshot that fits it, if any; records why not otherwise.
@@ -551,13 +753,16 @@ impl Controller {
         };
         let snapshot_name = snapshot.metadata.name.clone().unwrap_or_default();
         let started = std::time::Instant::now();
+        let image_dir: PathBuf = self
+            .state_dir
+            .join("restores")
+            .join(uuid::Uuid::new_v4().to_string());
         let restored = async {
             if !podsnap_runtime::runner::is_solo(pod) {
                 return Err("the Pod has several containers; the gvisor engine here restores single-container Pods only".to_owned());
             }
             let repo = self.repository(&policy.spec.storage_config_name)?;
             let opened = repo.open_snapshot(&snapshot_name).await.map_err(|e| e.to_string())?;
-            let image_dir: PathBuf = self.state_dir.join("restores").join(&snapshot_name).join(uuid::Uuid::new_v4().to_string());
             std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
             for stream in &opened.manifest().streams {
                 let Some(file) = stream.name.strip_prefix("gvisor/") else { continue };
@@ -571,11 +776,11 @@ impl Controller {
             let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");
             std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
             std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
-            let running = self.runner.restore(pod, &image_dir).await.map_err(|e| e.to_string());
-            let _ = std::fs::remove_dir_all(&image_dir);
-            running
+            self.runner.restore(pod, &image_dir).await.map_err(|e| e.to_string())
         }
         .await;
+        // The image is read into the sandbox's memory by now, or of no use.
+        let _ = std::fs::remove_dir_all(&image_dir);
         match restored {
             Ok(running) => {
                 Metrics::count(&self.metrics.restores, "success");

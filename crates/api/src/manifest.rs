@@ -2,13 +2,13 @@
 //! with errors that name the document, the object, the field, the line and the fix.
 //!
 //! Accepted kinds: the four podsnap kinds under `podsnap.dev/v1alpha1` and, unchanged, under
-//! GKE's `podsnapshot.gke.io/v1` (and its preview `v1alpha1`); core `v1` Pods; `apps/v1`
-//! Deployments.
+//! GKE's `podsnapshot.gke.io/v1` (and its preview `v1alpha1`); core `v1` Pods and Secrets
+//! (which hold encryption keys); `apps/v1` Deployments.
 
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Secret};
 use kube::CustomResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -37,6 +37,8 @@ pub enum Object {
     Pod(Box<Pod>),
     /// An apps/v1 Deployment.
     Deployment(Box<Deployment>),
+    /// A core/v1 Secret (e.g. a repository's encryption key).
+    Secret(Box<Secret>),
 }
 
 impl Object {
@@ -49,6 +51,7 @@ impl Object {
             Self::ManualTrigger(_) => "PodSnapshotManualTrigger",
             Self::Pod(_) => "Pod",
             Self::Deployment(_) => "Deployment",
+            Self::Secret(_) => "Secret",
         }
     }
 
@@ -61,6 +64,7 @@ impl Object {
             Self::ManualTrigger(o) => &o.metadata.name,
             Self::Pod(o) => &o.metadata.name,
             Self::Deployment(o) => &o.metadata.name,
+            Self::Secret(o) => &o.metadata.name,
         };
         name.as_deref().unwrap_or_default()
     }
@@ -323,11 +327,21 @@ fn load_one(body: &str) -> Result<Object, Failure> {
                 Err(fail(problems))
             }
         }
+        ("v1", "Secret") => {
+            // `data` values are base64: a bad one fails here, naming the field.
+            let secret: Secret = deserialize(value).map_err(|e| fail(vec![e]))?;
+            let problems = validate::name_errors(secret.metadata.name.as_deref());
+            if problems.is_empty() {
+                Ok(Object::Secret(Box::new(secret)))
+            } else {
+                Err(fail(problems))
+            }
+        }
         _ => Err(fail(vec![FieldError::new(
             "kind",
             format!("podsnap does not handle `{api_version}` `{kind}`"),
             format!(
-                "podsnap reads v1 Pods, apps/v1 Deployments and the {GROUP} kinds (also as {GKE_GROUP}/v1)"
+                "podsnap reads v1 Pods and Secrets, apps/v1 Deployments and the {GROUP} kinds (also as {GKE_GROUP}/v1)"
             ),
         )])),
     }

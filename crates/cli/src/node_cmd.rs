@@ -80,13 +80,14 @@ pub fn kind_of(word: &str) -> Result<&'static str> {
     Ok(match word.to_ascii_lowercase().as_str() {
         "pod" | "pods" | "po" => "Pod",
         "deployment" | "deployments" | "deploy" => "Deployment",
+        "secret" | "secrets" => "Secret",
         "podsnapshot" | "podsnapshots" => "PodSnapshot",
         "podsnapshotpolicy" | "podsnapshotpolicies" => "PodSnapshotPolicy",
         "podsnapshotstorageconfig" | "podsnapshotstorageconfigs" => "PodSnapshotStorageConfig",
         "podsnapshotmanualtrigger" | "podsnapshotmanualtriggers" => "PodSnapshotManualTrigger",
         "event" | "events" | "ev" => "Event",
         other => bail!(
-            "unknown resource type `{other}`; use pods, deployments, podsnapshots, podsnapshotpolicies, podsnapshotstorageconfigs, podsnapshotmanualtriggers or events"
+            "unknown resource type `{other}`; use pods, deployments, secrets, podsnapshots, podsnapshotpolicies, podsnapshotstorageconfigs, podsnapshotmanualtriggers or events"
         ),
     })
 }
@@ -222,6 +223,16 @@ fn row(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             };
             vec![name, status, s(&o["spec"]["policyName"]), created]
         }
+        "Secret" => {
+            let keys = o["data"].as_object().map_or(0, |d| d.len())
+                + o["stringData"].as_object().map_or(0, |d| d.len());
+            vec![
+                name,
+                o["type"].as_str().unwrap_or("Opaque").to_owned(),
+                keys.to_string(),
+                created,
+            ]
+        }
         "PodSnapshotPolicy" => vec![
             name,
             s(&o["spec"]["storageConfigName"]),
@@ -247,6 +258,7 @@ fn header(kind: &str, wide: bool) -> Vec<&'static str> {
         "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "PodSnapshot" => vec!["NAME", "STATUS", "POLICY", "AGE"],
+        "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
         "PodSnapshotPolicy" => vec!["NAME", "STORAGE", "TRIGGER", "AGE"],
         "PodSnapshotManualTrigger" => vec!["NAME", "TARGET", "STATUS", "SNAPSHOT", "AGE"],
         _ => vec!["NAME", "AGE"],

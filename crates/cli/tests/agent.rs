@@ -2,146 +2,14 @@
 //! them run, exec and read logs, scale, delete, kill and restart the agent and find the Pods
 //! again, and bad input refused.
 
-use podsnap_engine::gvisor::SandboxCleanup;
-use std::path::Path;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::*;
 use hyper::Method;
-use podsnap_agent::client::{Client, ClientError};
-use podsnap_engine::{Engine, GvisorConfig, GvisorEngine};
-use podsnap_image::{ImageConfig, ImageStore};
+use podsnap_engine::Engine;
 use serde_json::{Value, json};
-
-/// A `podsnap serve` process, killed (SIGKILL, as a crash would) when dropped.
-struct Agent(std::process::Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_agent(dir: &Path) -> (Agent, Client, Arc<GvisorEngine>) {
-    let socket = dir.join("agent.sock");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_podsnap"))
-        .arg("serve")
-        .arg(format!("--state-dir={}", dir.display()))
-        .arg(format!("--images={}", dir.join("images").display()))
-        .arg(format!("--socket={}", socket.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let agent = Agent(child);
-    let client = Client::new(&socket);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .request(Method::GET, "/healthz", None, "text/plain")
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not come up: {}",
-            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let engine = Arc::new(
-        GvisorEngine::new(GvisorConfig::new(dir.join("engine")))
-            .await
-            .unwrap(),
-    );
-    (agent, client, engine)
-}
-
-/// A fresh directory with the busybox image imported and an agent serving from it, and a guard
-/// that removes every sandbox when the test ends (declared before the agent, so dropped after).
-async fn busybox_agent() -> (
-    tempfile::TempDir,
-    SandboxCleanup,
-    Agent,
-    Client,
-    Arc<GvisorEngine>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let cleanup = SandboxCleanup(dir.path().join("engine"));
-    busybox_image(dir.path());
-    let (agent, client, engine) = start_agent(dir.path()).await;
-    (dir, cleanup, agent, client, engine)
-}
-
-fn busybox_image(dir: &Path) {
-    let root = dir.join("busybox-root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat", "rm",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let store = ImageStore::open(dir.join("images")).unwrap();
-    let config = ImageConfig {
-        entrypoint: vec!["/bin/sh".into()],
-        ..Default::default()
-    };
-    store
-        .import(&root, Some("localhost/busybox"), Some(config))
-        .unwrap();
-}
-
-async fn apply(client: &Client, yaml: &str) -> Result<Value, ClientError> {
-    let bytes = client
-        .request(
-            Method::POST,
-            "/apply",
-            Some(yaml.as_bytes().to_vec()),
-            "application/yaml",
-        )
-        .await?;
-    Ok(serde_json::from_slice(&bytes).unwrap())
-}
-
-async fn pod(client: &Client, name: &str) -> Value {
-    client
-        .json(Method::GET, &format!("/objects/Pod/default/{name}"), None)
-        .await
-        .unwrap()
-}
-
-async fn wait_phase(client: &Client, name: &str, phase: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = pod(client, name).await;
-        if p["status"]["phase"] == phase {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {phase}: {}",
-            p["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn pods(client: &Client) -> Vec<String> {
-    let list = client
-        .json(Method::GET, "/objects/Pod?namespace=default", None)
-        .await
-        .unwrap();
-    let mut names: Vec<String> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -480,43 +348,6 @@ async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
 
 /// A local storage config under `dir` and a policy selecting `app: APP` with `trigger` (the
 /// body of `triggerConfig`), followed by `pod`.
-fn snapshot_setup(dir: &Path, app: &str, trigger: &str, pod: &str) -> String {
-    format!(
-        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: {app}, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: {app}}}}}\n  triggerConfig: {{{trigger}}}\n---{pod}",
-        dir.join("snapshots").display()
-    )
-}
-
-const COUNTER_POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: NAME, namespace: default, labels: {app: counter}}
-spec:
-  containers:
-  - name: counter
-    image: localhost/busybox
-    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
-"#;
-
-async fn count(client: &Client, pod: &str) -> u64 {
-    // The loop truncates the file before it writes it: a read in between sees nothing.
-    for _ in 0..50 {
-        let out = client
-            .json(
-                Method::POST,
-                &format!("/exec/default/{pod}"),
-                Some(&json!({"command": ["/bin/cat", "/tmp/count"]})),
-            )
-            .await
-            .unwrap();
-        if let Ok(n) = out["stdout"].as_str().unwrap_or_default().trim().parse() {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{pod}'s counter file stayed empty");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;

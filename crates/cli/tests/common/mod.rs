@@ -1,0 +1,255 @@
+//! Helpers shared by the end-to-end tests that drive a `podsnap serve` process.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+pub use podsnap_agent::client::{Client, ClientError};
+use podsnap_engine::gvisor::SandboxCleanup;
+use podsnap_engine::{GvisorConfig, GvisorEngine};
+use podsnap_image::{ImageConfig, ImageStore};
+use serde_json::{Value, json};
+
+/// A `podsnap serve` process, killed (SIGKILL, as a crash would) when dropped.
+pub struct Agent(pub std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn start_agent(dir: &Path) -> (Agent, Client, Arc<GvisorEngine>) {
+    start_agent_with_env(dir, &[]).await
+}
+
+/// [`start_agent`] with extra environment variables for the agent process.
+pub async fn start_agent_with_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (Agent, Client, Arc<GvisorEngine>) {
+    let socket = dir.join("agent.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_podsnap"))
+        .envs(env.iter().copied())
+        .arg("serve")
+        .arg(format!("--state-dir={}", dir.display()))
+        .arg(format!("--images={}", dir.join("images").display()))
+        .arg(format!("--socket={}", socket.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent(child);
+    let client = Client::new(&socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .request(Method::GET, "/healthz", None, "text/plain")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not come up: {}",
+            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let engine = Arc::new(
+        GvisorEngine::new(GvisorConfig::new(dir.join("engine")))
+            .await
+            .unwrap(),
+    );
+    (agent, client, engine)
+}
+
+/// A fresh directory with the busybox image imported and an agent serving from it, and a guard
+/// that removes every sandbox when the test ends (declared before the agent, so dropped after).
+pub async fn busybox_agent() -> (
+    tempfile::TempDir,
+    SandboxCleanup,
+    Agent,
+    Client,
+    Arc<GvisorEngine>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cleanup = SandboxCleanup(dir.path().join("engine"));
+    busybox_image(dir.path());
+    let (agent, client, engine) = start_agent(dir.path()).await;
+    (dir, cleanup, agent, client, engine)
+}
+
+pub fn busybox_image(dir: &Path) {
+    let root = dir.join("busybox-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat", "rm",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let store = ImageStore::open(dir.join("images")).unwrap();
+    let config = ImageConfig {
+        entrypoint: vec!["/bin/sh".into()],
+        ..Default::default()
+    };
+    store
+        .import(&root, Some("localhost/busybox"), Some(config))
+        .unwrap();
+}
+
+pub async fn apply(client: &Client, yaml: &str) -> Result<Value, ClientError> {
+    let bytes = client
+        .request(
+            Method::POST,
+            "/apply",
+            Some(yaml.as_bytes().to_vec()),
+            "application/yaml",
+        )
+        .await?;
+    Ok(serde_json::from_slice(&bytes).unwrap())
+}
+
+pub async fn pod(client: &Client, name: &str) -> Value {
+    client
+        .json(Method::GET, &format!("/objects/Pod/default/{name}"), None)
+        .await
+        .unwrap()
+}
+
+pub async fn wait_phase(client: &Client, name: &str, phase: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pod(client, name).await;
+        if p["status"]["phase"] == phase {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {phase}: {}",
+            p["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn pods(client: &Client) -> Vec<String> {
+    let list = client
+        .json(Method::GET, "/objects/Pod?namespace=default", None)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn snapshot_setup(dir: &Path, app: &str, trigger: &str, pod: &str) -> String {
+    format!(
+        "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: {app}, namespace: default}}\nspec:\n  storageConfigName: local\n  selector: {{matchLabels: {{app: {app}}}}}\n  triggerConfig: {{{trigger}}}\n---{pod}",
+        dir.join("snapshots").display()
+    )
+}
+
+pub const COUNTER_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default, labels: {app: counter}}
+spec:
+  containers:
+  - name: counter
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+"#;
+
+pub async fn count(client: &Client, pod: &str) -> u64 {
+    // The loop truncates the file before it writes it: a read in between sees nothing.
+    for _ in 0..50 {
+        let out = client
+            .json(
+                Method::POST,
+                &format!("/exec/default/{pod}"),
+                Some(&json!({"command": ["/bin/cat", "/tmp/count"]})),
+            )
+            .await
+            .unwrap();
+        if let Ok(n) = out["stdout"].as_str().unwrap_or_default().trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{pod}'s counter file stayed empty");
+}
+
+/// Applies manual trigger `trigger` for Pod `target` and waits until it completes or fails;
+/// the trigger object at the end.
+pub async fn run_trigger(client: &Client, trigger: &str, target: &str) -> Value {
+    apply(
+        client,
+        &format!(
+            "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {{name: {trigger}, namespace: default}}\nspec: {{targetPod: {target}}}\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let object = client
+            .json(
+                Method::GET,
+                &format!("/objects/PodSnapshotManualTrigger/default/{trigger}"),
+                None,
+            )
+            .await
+            .unwrap();
+        let reason = &object["status"]["conditions"][0]["reason"];
+        if reason == "Complete" || reason == "Failed" {
+            return object;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trigger {trigger} never ended: {}",
+            object["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The reasons of the events recorded for object `name` in namespace default.
+pub async fn event_reasons(client: &Client, name: &str) -> Vec<String> {
+    let events = client
+        .json(
+            Method::GET,
+            &format!("/events?namespace=default&name={name}"),
+            None,
+        )
+        .await
+        .unwrap();
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The condition of `type_` in an object's status, or null.
+pub fn condition_of(object: &Value, type_: &str) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The sandboxes the engine in `dir/engine` still knows.
+pub async fn sandboxes(engine: &GvisorEngine) -> Vec<String> {
+    use podsnap_engine::Engine;
+    engine.list().await.unwrap()
+}
