@@ -12,7 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod plan;
+pub mod rootfs;
 pub mod runner;
 
 pub use plan::{PlanError, PodFields, Process};
-pub use runner::{PodRunner, RunningPod, RuntimeError};
+pub use runner::{CapturedRootfs, PodRunner, RunningPod, RuntimeError};

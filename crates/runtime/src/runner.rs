@@ -10,6 +10,7 @@ use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network};
 use podsnap_image::{ImageError, ImageStore};
 
 use crate::plan::{self, PlanError, PodFields};
+use crate::rootfs;
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum RuntimeError {
         /// The end of its log.
         log_tail: String,
     },
+    /// Capturing or applying root-file-system changes failed.
+    #[error("{0}")]
+    Rootfs(String),
     /// A container name that the Pod does not have.
     #[error("the Pod has no container named {0}")]
     NoSuchContainer(String),
@@ -100,6 +104,25 @@ impl RunningPod {
     /// The log file of container `name`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
+    }
+}
+
+/// A container's root-file-system changes, captured to files on the host.
+#[derive(Clone, Debug)]
+pub struct CapturedRootfs {
+    /// The archive (cpio, newc) of changed entries; empty when none changed.
+    pub archive: PathBuf,
+    /// The deleted paths, NUL-separated.
+    pub deleted: PathBuf,
+    /// What changed.
+    pub diff: rootfs::RootfsDiff,
+}
+
+impl CapturedRootfs {
+    /// Removes the files.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.archive);
+        let _ = std::fs::remove_file(&self.deleted);
     }
 }
 
@@ -233,7 +256,15 @@ impl PodRunner {
     /// Starts `pod`: its sandbox, its init containers to completion, then its containers. On
     /// any failure everything started is removed again.
     pub async fn start(&self, pod: &Pod) -> Result<RunningPod> {
-        self.start_with(pod, None).await
+        self.start_with(pod, None, &[]).await
+    }
+
+    /// Starts `pod` with the root-file-system changes of a `rootfs-only` snapshot applied to
+    /// containers `names` before their processes run: the agent put each one's archive and
+    /// deletion list at [`PodRunner::rootfs_restore_files`]. The processes start from their
+    /// entry points.
+    pub async fn start_with_rootfs(&self, pod: &Pod, names: &[String]) -> Result<RunningPod> {
+        self.start_with(pod, None, names).await
     }
 
     /// Starts a single-container `pod` from a checkpoint image of the engine instead of from
@@ -244,10 +275,15 @@ impl PodRunner {
                 "only Pods with one container and no init containers restore from snapshots on this engine".into(),
             )));
         }
-        self.start_with(pod, Some(image_dir)).await
+        self.start_with(pod, Some(image_dir), &[]).await
     }
 
-    async fn start_with(&self, pod: &Pod, image_dir: Option<&Path>) -> Result<RunningPod> {
+    async fn start_with(
+        &self,
+        pod: &Pod,
+        image_dir: Option<&Path>,
+        rootfs: &[String],
+    ) -> Result<RunningPod> {
         let spec = pod.spec.as_ref().ok_or_else(|| PlanError {
             field: "spec".into(),
             problem: "the Pod has no spec".into(),
@@ -273,12 +309,22 @@ impl PodRunner {
             .enumerate()
             .map(|(i, c)| plan_container("initContainers", i, c))
             .collect::<Result<_>>()?;
-        let main: Vec<ContainerSpec> = spec
+        let mut main: Vec<ContainerSpec> = spec
             .containers
             .iter()
             .enumerate()
             .map(|(i, c)| plan_container("containers", i, c))
             .collect::<Result<_>>()?;
+        // Containers that get root-file-system changes wait for them before their process runs.
+        let mut waiting: Vec<(String, PathBuf)> = Vec::new();
+        for (c, planned) in spec.containers.iter().zip(main.iter_mut()) {
+            if rootfs.contains(&c.name) {
+                let status = status_dir(&dir, &c.name);
+                let _ = std::fs::remove_file(status.join(rootfs::READY_MARKER));
+                rootfs::wait_for_changes(planned);
+                waiting.push((planned.id.clone(), status));
+            }
+        }
         let network = network_of(pod);
         if is_solo(pod) {
             // One container and no init containers: the container is the sandbox's root, so
@@ -286,7 +332,7 @@ impl PodRunner {
             // sandbox with containers inside a pause container).
             let mut root = main.into_iter().next().expect("one container");
             root.id = sandbox_id.clone();
-            self.record_exit_code(&mut root, &dir, &spec.containers[0].name)?;
+            self.record_exit_code(&mut root, &dir, &spec.containers[0].name);
             match image_dir {
                 Some(image) => {
                     self.engine
@@ -305,7 +351,13 @@ impl PodRunner {
                 None => {
                     self.engine
                         .create_sandbox(&sandbox_id, &root, &network)
-                        .await?
+                        .await?;
+                    if let Some((_, status)) = waiting.first()
+                        && let Err(e) = self.apply_rootfs(&sandbox_id, status).await
+                    {
+                        let _ = self.engine.delete(&sandbox_id).await;
+                        return Err(e);
+                    }
                 }
             }
             return Ok(RunningPod {
@@ -357,6 +409,9 @@ impl PodRunner {
             for c in &main {
                 self.engine.start_container(&sandbox_id, c).await?;
                 started.push(c.id.clone());
+                if let Some((_, status)) = waiting.iter().find(|(id, _)| *id == c.id) {
+                    self.apply_rootfs(&c.id, status).await?;
+                }
             }
             Ok(())
         }
@@ -436,6 +491,16 @@ impl PodRunner {
             kind: podsnap_engine::MountKind::Bind,
             read_only: false,
         });
+        // podsnap's private directory of this container: its exit code, root-file-system
+        // changes on their way in or out.
+        let status = status_dir(&dir, &c.name);
+        std::fs::create_dir_all(&status).map_err(io_err("creating the status directory"))?;
+        mounts.push(podsnap_engine::Mount {
+            destination: STATUS_DIR.into(),
+            source: status,
+            kind: podsnap_engine::MountKind::Bind,
+            read_only: false,
+        });
         Ok(ContainerSpec {
             id: plan::container_id(&sandbox_id, &c.name),
             rootfs: self.images.rootfs(&image),
@@ -472,7 +537,7 @@ impl PodRunner {
         if is_solo(pod) {
             // The container is the sandbox: start the sandbox again.
             container.id = running.sandbox_id.clone();
-            self.record_exit_code(&mut container, &running.dir, name)?;
+            self.record_exit_code(&mut container, &running.dir, name);
             self.engine.delete(&container.id).await?;
             self.engine
                 .create_sandbox(&running.sandbox_id, &container, &network_of(pod))
@@ -507,16 +572,8 @@ impl PodRunner {
     /// Wraps a sandbox's root process so that its exit code lands in
     /// [`RunningPod::exit_code_path`]: runsc forgets a sandbox's exit code once the sandbox is
     /// gone, so a process that exits at once would otherwise leave no code behind.
-    fn record_exit_code(&self, spec: &mut ContainerSpec, pod_dir: &Path, name: &str) -> Result<()> {
-        let status_dir = status_dir(pod_dir, name);
-        std::fs::create_dir_all(&status_dir).map_err(io_err("creating the status directory"))?;
-        let _ = std::fs::remove_file(status_dir.join("exit"));
-        spec.mounts.push(podsnap_engine::Mount {
-            destination: STATUS_DIR.into(),
-            source: status_dir,
-            kind: podsnap_engine::MountKind::Bind,
-            read_only: false,
-        });
+    fn record_exit_code(&self, spec: &mut ContainerSpec, pod_dir: &Path, name: &str) {
+        let _ = std::fs::remove_file(status_dir(pod_dir, name).join("exit"));
         let script = format!("\"$0\" \"$@\"; code=$?; echo $code > {STATUS_DIR}/exit; exit $code");
         let mut args = vec![
             format!("{HELPER_DIR}/busybox"),
@@ -526,7 +583,109 @@ impl PodRunner {
         ];
         args.append(&mut spec.args);
         spec.args = args;
-        Ok(())
+    }
+
+    /// Where the agent puts container `name`'s root-file-system changes (archive, deletion
+    /// list) before [`PodRunner::start_with_rootfs`].
+    pub fn rootfs_restore_files(&self, pod: &Pod, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let (_, _, dir) = self.identity(pod);
+        let status = status_dir(&dir, name);
+        std::fs::create_dir_all(&status).map_err(io_err("creating the status directory"))?;
+        Ok((status.join(rootfs::ARCHIVE), status.join(rootfs::DELETED)))
+    }
+
+    /// Applies the changes waiting in `status` (a container's status directory) inside
+    /// running container `id`, then lets its process go on.
+    async fn apply_rootfs(&self, id: &str, status: &Path) -> Result<()> {
+        let out = self.engine.exec(id, &rootfs::apply_command(), &[]).await?;
+        if out.exit_code != 0 {
+            return Err(RuntimeError::Rootfs(format!(
+                "applying the snapshot's root-file-system changes failed (exit code {}): {}",
+                out.exit_code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        for file in [rootfs::ARCHIVE, rootfs::DELETED] {
+            let _ = std::fs::remove_file(status.join(file));
+        }
+        std::fs::write(status.join(rootfs::READY_MARKER), b"")
+            .map_err(io_err("releasing the container"))
+    }
+
+    /// Captures how container `name` of a running Pod changed its root file system against
+    /// its image: an archive of the changed entries and the list of deleted ones, as files on
+    /// the host (remove them with [`CapturedRootfs::remove`] once stored).
+    pub async fn capture_rootfs(
+        &self,
+        pod: &Pod,
+        running: &RunningPod,
+        name: &str,
+    ) -> Result<CapturedRootfs> {
+        let container = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .find(|c| c.name == name)
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        let image = self
+            .images
+            .get(container.image.as_deref().unwrap_or_default())?;
+        let image_root = self.images.rootfs(&image);
+        let id = running.container_id(Some(name))?;
+        let busybox = format!("{HELPER_DIR}/busybox");
+        let run = async |args: Vec<String>, what: &str| {
+            let out = self.engine.exec(id, &args, &[]).await?;
+            if out.exit_code != 0 && out.stdout.is_empty() {
+                return Err(RuntimeError::Rootfs(format!(
+                    "{what} in container {name} failed (exit code {}): {}",
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let mounts = run(
+            vec![busybox.clone(), "cat".into(), "/proc/mounts".into()],
+            "reading the mount table",
+        )
+        .await?;
+        let listing = run(rootfs::listing_command(), "listing the root file system").await?;
+        let diff = rootfs::diff(
+            &rootfs::parse_listing(&listing),
+            &image_root,
+            &rootfs::parse_mount_points(&mounts),
+        );
+        let status = status_dir(&running.dir, name);
+        let archive = status.join(rootfs::ARCHIVE);
+        let deleted = status.join(rootfs::DELETED);
+        std::fs::write(&deleted, rootfs::nul_separated(&diff.deleted, false))
+            .map_err(io_err("writing the deleted paths"))?;
+        if diff.changed.is_empty() {
+            std::fs::write(&archive, b"").map_err(io_err("writing an empty archive"))?;
+        } else {
+            std::fs::write(
+                status.join(rootfs::ARCHIVE_LIST),
+                rootfs::nul_separated(&diff.changed, true),
+            )
+            .map_err(io_err("writing the paths to archive"))?;
+            let out = self
+                .engine
+                .exec(id, &rootfs::archive_command(), &[])
+                .await?;
+            let _ = std::fs::remove_file(status.join(rootfs::ARCHIVE_LIST));
+            if out.exit_code != 0 {
+                return Err(RuntimeError::Rootfs(format!(
+                    "archiving the changed files of container {name} failed (exit code {}): {}",
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(CapturedRootfs {
+            archive,
+            deleted,
+            diff,
+        })
     }
 
     /// Runs a command in container `name` (the first one when `None`).
