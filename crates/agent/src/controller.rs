@@ -82,7 +82,7 @@ impl Tracked {
             && (!has_probe || self.probed_ready.get(name) == Some(&true))
     }
 
-    fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         let secs = self
             .pod
             .spec

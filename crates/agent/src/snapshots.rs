@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use podsnap_api::{
-    PodSnapshot, PodSnapshotPolicy, PodSnapshotStorageConfig, PostCheckpoint, TriggerType,
+    PodSnapshot, PodSnapshotPolicy, PodSnapshotStorageConfig, PostCheckpoint, SnapshotScope,
+    TriggerType,
 };
 use podsnap_core::{
     DistilledSpec, NoSnapshot, PodFacts, PolicyMatch, Selection, governing_policy, select_snapshot,
@@ -23,6 +24,12 @@ use serde_json::{Value, json};
 use crate::controller::{Controller, object_key};
 use crate::metrics::Metrics;
 use crate::store::now;
+
+/// Streams of a `rootfs-only` snapshot: `rootfs/<container>/changes.cpio` (the changed
+/// entries, cpio newc) and `rootfs/<container>/deleted` (deleted paths, NUL-separated).
+const ROOTFS_PREFIX: &str = "rootfs/";
+const ROOTFS_ARCHIVE: &str = "changes.cpio";
+const ROOTFS_DELETED: &str = "deleted";
 
 /// How often a failed checkpoint step (engine checkpoint, upload) is tried again; the pauses
 /// between attempts are 1 s, 2 s, 4 s, ….
@@ -389,11 +396,6 @@ impl Controller {
             ));
         }
         let pod = tracked.pod.clone();
-        if !podsnap_runtime::runner::is_solo(&pod) {
-            return Err(format!(
-                "Pod {pod_name} has several containers or init containers; the gvisor engine here snapshots single-container Pods only"
-            ));
-        }
         let labels = labels_of(&pod);
         let policies = self.policies(namespace);
         let policy = match governing_policy(namespace, &labels, &policies) {
@@ -411,6 +413,12 @@ impl Controller {
             }
         };
         let policy_name = policy.metadata.name.clone().unwrap_or_default();
+        if policy.spec.scope() == SnapshotScope::WholePod && !podsnap_runtime::runner::is_solo(&pod)
+        {
+            return Err(format!(
+                "Pod {pod_name} has several containers or init containers; the gvisor engine here snapshots the whole of single-container Pods only (a policy with snapshotScope: rootfs-only captures any Pod's root-file-system changes)"
+            ));
+        }
         if trigger.is_some() && policy.spec.trigger_config.type_ != TriggerType::Manual {
             return Err(format!(
                 "policy {policy_name} has a workload trigger; manual triggers are ignored for it"
@@ -590,7 +598,6 @@ impl Controller {
         retries: &mut u32,
     ) -> Result<podsnap_repo::WriteStats, String> {
         let pod = &tracked.pod;
-        let running = &tracked.running;
         let namespace = pod
             .metadata
             .namespace
@@ -598,10 +605,88 @@ impl Controller {
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
         let resume = policy.spec.trigger_config.post_checkpoint() == PostCheckpoint::Resume;
-        let image_dir = self.state_dir.join("checkpoints").join(snapshot);
-        let engine = self.runner.engine().clone();
         let key = (namespace.clone(), name.clone());
-        let (image_dir, engine, key) = (&image_dir, &engine, &key);
+        let image_dir = self.state_dir.join("checkpoints").join(snapshot);
+        let files = match policy.spec.scope() {
+            SnapshotScope::WholePod => {
+                self.checkpoint_sandbox(tracked, &key, &image_dir, resume, snapshot, retries)
+                    .await?
+            }
+            SnapshotScope::RootfsOnly => {
+                self.capture_rootfs(tracked, &key, resume, snapshot, retries)
+                    .await?
+            }
+        };
+        if let Some(t) = self.pods.lock().await.get(&key).cloned() {
+            self.write_status(&namespace, &name, &t);
+        }
+        self.metrics.checkpoint_bytes.inc_by(
+            files
+                .iter()
+                .filter_map(|(_, path, _)| std::fs::metadata(path).ok())
+                .map(|m| m.len())
+                .sum(),
+        );
+        let metadata = SnapshotMetadata {
+            policy: policy.metadata.name.clone(),
+            distilled_spec_hash: Some(hash.to_owned()),
+            node: Some(node.clone()),
+            engine: Some(node.engine.clone()),
+            labels: BTreeMap::new(),
+        };
+        let (metadata, files_ref) = (&metadata, &files);
+        let uploaded = self
+            .retrying(tracked, snapshot, retries, move || async move {
+                let mut writer = repo
+                    .begin_snapshot(snapshot, metadata.clone())
+                    .await
+                    .map_err(|e| format!("uploading the snapshot failed: {e}"))?;
+                let written = async {
+                    for (stream, path, chunking) in files_ref {
+                        let source = std::fs::File::open(path).map_err(|e| {
+                            podsnap_repo::RepoError::io(format!("reading {}", path.display()), e)
+                        })?;
+                        let size = source.metadata().ok().map(|m| m.len());
+                        writer
+                            .add_stream(stream, *chunking, source, size, &podsnap_repo::NoProgress)
+                            .await?;
+                    }
+                    Ok::<_, podsnap_repo::RepoError>(())
+                }
+                .await;
+                if let Err(e) = written {
+                    let _ = writer.abort().await;
+                    return Err(format!("uploading the snapshot failed: {e}"));
+                }
+                let stats = writer.stats().clone();
+                writer
+                    .commit()
+                    .await
+                    .map_err(|e| format!("storing the snapshot's manifest failed: {e}"))?;
+                Ok(stats)
+            })
+            .await;
+        let _ = std::fs::remove_dir_all(&image_dir);
+        for (_, path, _) in &files {
+            let _ = std::fs::remove_file(path);
+        }
+        uploaded
+    }
+
+    /// Checkpoints the Pod's sandbox with the engine into `image_dir` (retried); the files to
+    /// store as (stream, path, chunking).
+    async fn checkpoint_sandbox(
+        &self,
+        tracked: &crate::controller::Tracked,
+        key: &(String, String),
+        image_dir: &std::path::Path,
+        resume: bool,
+        snapshot: &str,
+        retries: &mut u32,
+    ) -> Result<Vec<(String, PathBuf, Chunking)>, String> {
+        let (pod, running) = (&tracked.pod, &tracked.running);
+        let engine = self.runner.engine().clone();
+        let engine = &engine;
         let image = self
             .retrying(tracked, snapshot, retries, move || async move {
                 let _ = std::fs::remove_dir_all(image_dir);
@@ -645,59 +730,108 @@ impl Controller {
                 }
             }
         }
-        if let Some(t) = self.pods.lock().await.get(key).cloned() {
-            self.write_status(&namespace, &name, &t);
-        }
-        self.metrics
-            .checkpoint_bytes
-            .inc_by(image.files.iter().map(|(_, size)| size).sum());
-        let metadata = SnapshotMetadata {
-            policy: policy.metadata.name.clone(),
-            distilled_spec_hash: Some(hash.to_owned()),
-            node: Some(node.clone()),
-            engine: Some(node.engine.clone()),
-            labels: BTreeMap::new(),
-        };
-        let (metadata, image) = (&metadata, &image);
-        let uploaded = self
-            .retrying(tracked, snapshot, retries, move || async move {
-                let mut writer = repo
-                    .begin_snapshot(snapshot, metadata.clone())
-                    .await
-                    .map_err(|e| format!("uploading the snapshot failed: {e}"))?;
-                let written = async {
-                    for (file, size) in &image.files {
-                        let stream = format!("gvisor/{}", file.to_ascii_lowercase());
-                        let source = std::fs::File::open(image_dir.join(file)).map_err(|e| {
-                            podsnap_repo::RepoError::io(format!("reading {file}"), e)
-                        })?;
-                        writer
-                            .add_stream(
-                                &stream,
-                                Chunking::MEMORY,
-                                source,
-                                Some(*size),
-                                &podsnap_repo::NoProgress,
-                            )
-                            .await?;
-                    }
-                    Ok::<_, podsnap_repo::RepoError>(())
-                }
-                .await;
-                if let Err(e) = written {
-                    let _ = writer.abort().await;
-                    return Err(format!("uploading the snapshot failed: {e}"));
-                }
-                let stats = writer.stats().clone();
-                writer
-                    .commit()
-                    .await
-                    .map_err(|e| format!("storing the snapshot's manifest failed: {e}"))?;
-                Ok(stats)
+        Ok(image
+            .files
+            .iter()
+            .map(|(file, _)| {
+                (
+                    format!("gvisor/{}", file.to_ascii_lowercase()),
+                    image_dir.join(file),
+                    Chunking::MEMORY,
+                )
             })
-            .await;
-        let _ = std::fs::remove_dir_all(image_dir);
-        uploaded
+            .collect())
+    }
+
+    /// Captures the root-file-system changes of every container of the Pod (retried); the
+    /// files to store as (stream, path, chunking). With postCheckpoint stop, the Pod then
+    /// completes.
+    async fn capture_rootfs(
+        &self,
+        tracked: &crate::controller::Tracked,
+        key: &(String, String),
+        resume: bool,
+        snapshot: &str,
+        retries: &mut u32,
+    ) -> Result<Vec<(String, PathBuf, Chunking)>, String> {
+        let (pod, running) = (&tracked.pod, &tracked.running);
+        let names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| c.name.clone())
+            .collect();
+        let names = &names;
+        let files = self
+            .retrying(tracked, snapshot, retries, move || async move {
+                let mut files = Vec::new();
+                for name in names {
+                    let captured = self
+                        .runner
+                        .capture_rootfs(pod, running, name)
+                        .await
+                        .map_err(|e| format!("capturing the root file system failed: {e}"))?;
+                    files.push((
+                        format!("{ROOTFS_PREFIX}{name}/{ROOTFS_ARCHIVE}"),
+                        captured.archive.clone(),
+                        Chunking::FILES,
+                    ));
+                    files.push((
+                        format!("{ROOTFS_PREFIX}{name}/{ROOTFS_DELETED}"),
+                        captured.deleted.clone(),
+                        Chunking::FILES,
+                    ));
+                }
+                Ok(files)
+            })
+            .await?;
+        if !resume {
+            // postCheckpoint: stop — the Pod completed.
+            if let Some(t) = self.pods.lock().await.get_mut(key) {
+                t.completed_by_checkpoint = true;
+                t.generation += 1;
+                for name in names {
+                    t.exited.insert(name.clone(), 0);
+                }
+            }
+            if let Err(e) = self.runner.stop(running, tracked.grace()).await {
+                tracing::warn!(error = %e, "stopping a Pod after its snapshot");
+            }
+        }
+        Ok(files)
+    }
+
+    /// Starts `pod` with the root-file-system changes of a `rootfs-only` snapshot: each
+    /// container gets the changes captured from the container of the same name (containers
+    /// the snapshot does not know start as their image is).
+    async fn restore_rootfs(
+        &self,
+        pod: &Pod,
+        opened: &podsnap_repo::Snapshot,
+    ) -> Result<RunningPod, String> {
+        let mut names = Vec::new();
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let archive_stream = format!("{ROOTFS_PREFIX}{}/{ROOTFS_ARCHIVE}", c.name);
+            let deleted_stream = format!("{ROOTFS_PREFIX}{}/{ROOTFS_DELETED}", c.name);
+            if opened.manifest().stream(&archive_stream).is_none() {
+                continue;
+            }
+            let (archive, deleted) = self
+                .runner
+                .rootfs_restore_files(pod, &c.name)
+                .map_err(|e| e.to_string())?;
+            for (stream, path) in [(&archive_stream, &archive), (&deleted_stream, &deleted)] {
+                opened
+                    .read_stream_to_file(stream, path, &podsnap_repo::NoProgress)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            names.push(c.name.clone());
+        }
+        self.runner
+            .start_with_rootfs(pod, &names)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Follows container `container` (engine id `id`) of the Pod at `key` again after its
@@ -757,17 +891,35 @@ impl Controller {
             .state_dir
             .join("restores")
             .join(uuid::Uuid::new_v4().to_string());
+        let scope = snapshot
+            .status
+            .as_ref()
+            .and_then(|s| s.restore_requirements.as_ref())
+            .map(|r| r.scope)
+            .unwrap_or_default();
         let restored = async {
-            if !podsnap_runtime::runner::is_solo(pod) {
-                return Err("the Pod has several containers; the gvisor engine here restores single-container Pods only".to_owned());
-            }
             let repo = self.repository(&policy.spec.storage_config_name)?;
-            let opened = repo.open_snapshot(&snapshot_name).await.map_err(|e| e.to_string())?;
+            let opened = repo
+                .open_snapshot(&snapshot_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            if scope == SnapshotScope::RootfsOnly {
+                return self.restore_rootfs(pod, &opened).await;
+            }
+            if !podsnap_runtime::runner::is_solo(pod) {
+                return Err("the Pod has several containers; the gvisor engine here restores the whole of single-container Pods only".to_owned());
+            }
             std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
             for stream in &opened.manifest().streams {
-                let Some(file) = stream.name.strip_prefix("gvisor/") else { continue };
+                let Some(file) = stream.name.strip_prefix("gvisor/") else {
+                    continue;
+                };
                 opened
-                    .read_stream_to_file(&stream.name, &image_dir.join(file), &podsnap_repo::NoProgress)
+                    .read_stream_to_file(
+                        &stream.name,
+                        &image_dir.join(file),
+                        &podsnap_repo::NoProgress,
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -776,7 +928,10 @@ impl Controller {
             let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");
             std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
             std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
-            self.runner.restore(pod, &image_dir).await.map_err(|e| e.to_string())
+            self.runner
+                .restore(pod, &image_dir)
+                .await
+                .map_err(|e| e.to_string())
         }
         .await;
         // The image is read into the sandbox's memory by now, or of no use.

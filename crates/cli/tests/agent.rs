@@ -646,3 +646,110 @@ async fn post_checkpoint_stop_completes_the_pod() {
     assert!(running.iter().all(|id| !id.contains("once")), "{running:?}");
     assert_eq!(pod(&client, "once").await["status"]["phase"], "Succeeded");
 }
+
+const ROOTFS_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default, labels: {app: files}}
+spec:
+  containers:
+  - name: app
+    image: localhost/busybox
+    command:
+    - /bin/sh
+    - -c
+    - >-
+      if [ -e /warm ]; then echo "reused $(cat /warm)"; else echo warming;
+      echo built-by-NAME > /warm; fi; exec sleep 1000
+    env: [{name: FLAVOUR, value: FLAVOUR_VALUE}]
+  - name: side
+    image: localhost/busybox
+    command: ["/bin/sleep", "1000"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_only_snapshot_carries_file_changes_to_a_pod_that_starts_fresh() {
+    let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    let setup = snapshot_setup(
+        dir.path(),
+        "files",
+        "type: manual",
+        &ROOTFS_POD
+            .replace("NAME", "origin")
+            .replace("FLAVOUR_VALUE", "a"),
+    )
+    .replace(
+        "  triggerConfig:",
+        "  snapshotScope: rootfs-only\n  triggerConfig:",
+    );
+    apply(&client, &setup).await.unwrap();
+    wait_phase(&client, "origin", "Running").await;
+    // Two containers and a pause container: the whole Pod could not be checkpointed here, its
+    // root file systems can.
+    let trigger = run_trigger(&client, "files-now", "origin").await;
+    assert_eq!(
+        condition_of(&trigger, "Triggered")["reason"],
+        "Complete",
+        "{trigger}"
+    );
+    let snapshot = trigger["status"]["snapshotCreated"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = client
+        .json(
+            Method::GET,
+            &format!("/objects/PodSnapshot/default/{snapshot}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored["status"]["restoreRequirements"]["scope"],
+        "rootfs-only"
+    );
+    // postCheckpoint resume: the origin goes on.
+    assert_eq!(pod(&client, "origin").await["status"]["phase"], "Running");
+
+    // A Pod with another spec (the hash check is skipped for rootfs-only snapshots) starts
+    // from its entry point with the origin's files in place.
+    apply(
+        &client,
+        &ROOTFS_POD
+            .replace("NAME", "copy")
+            .replace("FLAVOUR_VALUE", "b"),
+    )
+    .await
+    .unwrap();
+    let copy = wait_phase(&client, "copy", "Running").await;
+    let restored = condition_of(&copy, "PodRestored");
+    assert!(
+        restored["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&snapshot),
+        "{}",
+        copy["status"]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = client
+            .request(
+                Method::GET,
+                "/logs/default/copy?container=app",
+                None,
+                "text/plain",
+            )
+            .await
+            .unwrap();
+        let logs = String::from_utf8_lossy(&logs).into_owned();
+        if logs.contains("reused built-by-origin") {
+            break;
+        }
+        assert!(
+            !logs.contains("warming") && Instant::now() < deadline,
+            "the copy did not find the origin's files: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
