@@ -753,3 +753,124 @@ async fn a_rootfs_only_snapshot_carries_file_changes_to_a_pod_that_starts_fresh(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+const GROUPED_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: NAME
+  namespace: default
+  labels: {app: counter, tier: TIER}
+  annotations: {ANNOTATIONS}
+spec:
+  containers:
+  - name: counter
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+"#;
+
+fn grouped_pod(name: &str, tier: &str, pin: Option<&str>) -> String {
+    GROUPED_POD
+        .replace("NAME", name)
+        .replace("TIER", tier)
+        .replace(
+            "ANNOTATIONS",
+            &pin.map(|p| format!("podsnap.dev/ps-name: {p}"))
+                .unwrap_or_default(),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
+    let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    let setup = snapshot_setup(
+        dir.path(),
+        "counter",
+        "type: manual",
+        &grouped_pod("gold-origin", "gold", None),
+    )
+    .replace(
+        "  triggerConfig:",
+        "  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: [tier]\n      groupRetentionPolicy: {maxSnapshotCountPerGroup: 1}\n  triggerConfig:",
+    );
+    apply(&client, &setup).await.unwrap();
+    wait_phase(&client, "gold-origin", "Running").await;
+    let mut taken = Vec::new();
+    for trigger in ["first", "second"] {
+        let t = run_trigger(&client, trigger, "gold-origin").await;
+        assert_eq!(condition_of(&t, "Triggered")["reason"], "Complete", "{t}");
+        taken.push(
+            t["status"]["snapshotCreated"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // The group keeps one snapshot: the older one and its data go.
+    let manifest = |name: &str| {
+        dir.path()
+            .join(format!("snapshots/snapshots/{name}/manifest.json"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while manifest(&taken[0]).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the older snapshot was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = client
+        .json(Method::GET, "/objects/PodSnapshot?namespace=default", None)
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [taken[1].as_str()]);
+    assert_eq!(list["items"][0]["metadata"]["labels"]["tier"], "gold");
+    assert!(manifest(&taken[1]).exists());
+
+    // Another group has no snapshot: cold, with the reason.
+    apply(&client, &grouped_pod("silver", "silver", None))
+        .await
+        .unwrap();
+    let silver = wait_phase(&client, "silver", "Running").await;
+    assert!(condition_of(&silver, "PodRestored").is_null());
+    assert!(
+        event_reasons(&client, "silver")
+            .await
+            .contains(&"NoSnapshot".to_owned())
+    );
+
+    // A pin to the pruned snapshot never falls back to the one that exists.
+    apply(
+        &client,
+        &grouped_pod("pinned-gone", "gold", Some(&taken[0])),
+    )
+    .await
+    .unwrap();
+    let gone = wait_phase(&client, "pinned-gone", "Running").await;
+    assert!(condition_of(&gone, "PodRestored").is_null());
+    assert!(
+        event_reasons(&client, "pinned-gone")
+            .await
+            .contains(&"PinnedSnapshotUnusable".to_owned())
+    );
+    // A pin to the existing one restores from it.
+    apply(&client, &grouped_pod("pinned", "gold", Some(&taken[1])))
+        .await
+        .unwrap();
+    let pinned = wait_phase(&client, "pinned", "Running").await;
+    let restored = condition_of(&pinned, "PodRestored");
+    assert!(
+        restored["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&taken[1]),
+        "{}",
+        pinned["status"]
+    );
+}
