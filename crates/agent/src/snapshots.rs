@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::controller::{Controller, object_key};
 use crate::metrics::Metrics;
+use crate::progress::LogProgress;
 use crate::store::now;
 
 /// Streams of a `rootfs-only` snapshot: `rootfs/<container>/changes.cpio` (the changed
@@ -647,8 +648,9 @@ impl Controller {
                             podsnap_repo::RepoError::io(format!("reading {}", path.display()), e)
                         })?;
                         let size = source.metadata().ok().map(|m| m.len());
+                        let progress = LogProgress::new(format!("snapshot {snapshot} upload"));
                         writer
-                            .add_stream(stream, *chunking, source, size, &podsnap_repo::NoProgress)
+                            .add_stream(stream, *chunking, source, size, &progress)
                             .await?;
                     }
                     Ok::<_, podsnap_repo::RepoError>(())
@@ -918,7 +920,7 @@ impl Controller {
                     .read_stream_to_file(
                         &stream.name,
                         &image_dir.join(file),
-                        &podsnap_repo::NoProgress,
+                        &LogProgress::new(format!("snapshot {snapshot_name} download")),
                     )
                     .await
                     .map_err(|e| e.to_string())?;
