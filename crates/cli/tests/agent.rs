@@ -254,22 +254,6 @@ async fn readiness_probes_gate_ready_and_failed_containers_restart() {
     );
 }
 
-async fn wait_phase_within(client: &Client, name: &str, phase: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = pod(client, name).await;
-        if p["status"]["phase"] == phase {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {phase}: {}",
-            p["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 const PORTS: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -754,30 +738,14 @@ async fn a_rootfs_only_snapshot_carries_file_changes_to_a_pod_that_starts_fresh(
     }
 }
 
-const GROUPED_POD: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: NAME
-  namespace: default
-  labels: {app: counter, tier: TIER}
-  annotations: {ANNOTATIONS}
-spec:
-  containers:
-  - name: counter
-    image: localhost/busybox
-    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
-"#;
-
 fn grouped_pod(name: &str, tier: &str, pin: Option<&str>) -> String {
-    GROUPED_POD
-        .replace("NAME", name)
-        .replace("TIER", tier)
-        .replace(
-            "ANNOTATIONS",
-            &pin.map(|p| format!("podsnap.dev/ps-name: {p}"))
-                .unwrap_or_default(),
-        )
+    let annotations = pin
+        .map(|p| format!("podsnap.dev/ps-name: {p}"))
+        .unwrap_or_default();
+    COUNTER_POD.replace("NAME", name).replace(
+        "labels: {app: counter}}",
+        &format!("labels: {{app: counter, tier: {tier}}}, annotations: {{{annotations}}}}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,10 +34,9 @@ pub const ARCHIVE_LIST: &str = "rootfs.list";
 pub fn wait_for_changes(spec: &mut podsnap_engine::ContainerSpec) {
     let status = crate::runner::STATUS_DIR;
     let busybox = format!("{}/busybox", crate::runner::HELPER_DIR);
-    let script = format!(
+    let mut args = busybox_sh(format!(
         "while [ ! -e {status}/{READY_MARKER} ]; do {busybox} sleep 0.05; done; exec \"$0\" \"$@\""
-    );
-    let mut args = vec![busybox, "sh".into(), "-c".into(), script];
+    ));
     args.append(&mut spec.args);
     spec.args = args;
 }
@@ -63,33 +62,29 @@ pub fn listing_command() -> Vec<String> {
     .collect()
 }
 
+/// `script` run by the helper busybox's shell.
+fn busybox_sh(script: String) -> Vec<String> {
+    let busybox = format!("{}/busybox", crate::runner::HELPER_DIR);
+    vec![busybox, "sh".into(), "-c".into(), script]
+}
+
 /// The command that archives the entries named in [`ARCHIVE_LIST`] into [`ARCHIVE`].
 pub fn archive_command() -> Vec<String> {
     let status = crate::runner::STATUS_DIR;
     let busybox = format!("{}/busybox", crate::runner::HELPER_DIR);
-    vec![
-        busybox.clone(),
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "cd / && {busybox} cpio -o -H newc -0 -F {status}/{ARCHIVE} < {status}/{ARCHIVE_LIST}"
-        ),
-    ]
+    busybox_sh(format!(
+        "cd / && {busybox} cpio -o -H newc -0 -F {status}/{ARCHIVE} < {status}/{ARCHIVE_LIST}"
+    ))
 }
 
 /// The command that removes the paths in [`DELETED`] and unpacks [`ARCHIVE`] (if not empty).
 pub fn apply_command() -> Vec<String> {
     let status = crate::runner::STATUS_DIR;
     let busybox = format!("{}/busybox", crate::runner::HELPER_DIR);
-    vec![
-        busybox.clone(),
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "set -e; {busybox} xargs -0 -r -a {status}/{DELETED} {busybox} rm -rf --; \
-             if [ -s {status}/{ARCHIVE} ]; then cd / && {busybox} cpio -i -d -m -u -F {status}/{ARCHIVE}; fi"
-        ),
-    ]
+    busybox_sh(format!(
+        "set -e; {busybox} xargs -0 -r -a {status}/{DELETED} {busybox} rm -rf --; \
+         if [ -s {status}/{ARCHIVE} ]; then cd / && {busybox} cpio -i -d -m -u -F {status}/{ARCHIVE}; fi"
+    ))
 }
 
 /// `paths` NUL-separated, each relative to `/` when `relative`.

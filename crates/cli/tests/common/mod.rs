@@ -121,7 +121,11 @@ pub async fn pod(client: &Client, name: &str) -> Value {
 }
 
 pub async fn wait_phase(client: &Client, name: &str, phase: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_phase_within(client, name, phase, Duration::from_secs(30)).await
+}
+
+pub async fn wait_phase_within(client: &Client, name: &str, phase: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
     loop {
         let p = pod(client, name).await;
         if p["status"]["phase"] == phase {
