@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -37,7 +37,7 @@ pub enum BenchCommand {
     },
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 struct Row {
     data: &'static str,
@@ -327,7 +327,7 @@ async fn timed_read(snapshot: &podsnap_repo::Snapshot, bytes: u64) -> Result<f64
     Ok(rate(bytes, started))
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
+pub(crate) fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("podsnap-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
@@ -374,29 +374,59 @@ fn zstd_decompress(data: &[u8], len: usize) -> Result<Vec<u8>> {
     Ok(zstd::bulk::decompress(data, len)?)
 }
 
-async fn bench_gvisor(sizes: &[usize], demo_binary: &Path) -> Result<()> {
-    use podsnap_engine::{ContainerSpec, Engine, GvisorConfig, GvisorEngine, Network};
-    let dir = tempfile_dir()?;
-    let rootfs = dir.join("rootfs");
+/// Builds the demo image's root file system in `out` with scripts/demo-rootfs.sh (run from the
+/// repository root).
+pub(crate) fn demo_rootfs(demo_binary: &Path, out: &Path) -> Result<()> {
+    anyhow::ensure!(
+        demo_binary.is_file(),
+        "{} does not exist; build it first: cargo build --release --bin podsnap-demo-server",
+        demo_binary.display()
+    );
     let status = std::process::Command::new("bash")
         .arg("scripts/demo-rootfs.sh")
         .arg(demo_binary)
-        .arg(&rootfs)
+        .arg(out)
+        .stdout(std::process::Stdio::null())
         .status()
         .context("running scripts/demo-rootfs.sh (run the benchmark from the repository root)")?;
     anyhow::ensure!(
         status.success(),
         "scripts/demo-rootfs.sh failed; build the demo first: cargo build --release"
     );
+    Ok(())
+}
+
+/// The demo workload straight under runsc at one state size: the baseline of podsnap's figures.
+pub(crate) struct RawRunsc {
+    /// State size in MiB.
+    pub mib: usize,
+    /// `runsc create` + `start` to the first response.
+    pub cold: Duration,
+    /// `runsc checkpoint` (the sandbox stops).
+    pub checkpoint: Duration,
+    /// Size of the checkpoint image files.
+    pub image_bytes: u64,
+    /// `runsc restore` from the local image files to the first response.
+    pub restore: Duration,
+}
+
+/// Runs the demo server (`rootfs` from [`demo_rootfs`]) straight under runsc for each size,
+/// engine state and images under `dir`: cold start, checkpoint and restore, each to the first
+/// response (`wget` run with `runsc exec` inside the sandbox). Returns runsc's version and the
+/// figures; removes its sandboxes whatever happens.
+pub(crate) async fn raw_runsc(
+    rootfs: &Path,
+    dir: &Path,
+    sizes: &[usize],
+    passes: Option<u32>,
+) -> Result<(String, Vec<RawRunsc>)> {
+    use podsnap_engine::{ContainerSpec, Engine, GvisorConfig, GvisorEngine, Network};
+    let _cleanup = podsnap_engine::gvisor::SandboxCleanup(dir.join("state"));
     let engine = GvisorEngine::new(GvisorConfig::new(dir.join("state"))).await?;
     let spec = |id: &str, mib: usize| ContainerSpec {
         id: id.into(),
-        rootfs: rootfs.clone(),
-        args: vec![
-            "/app/podsnap-demo-server".into(),
-            format!("--state-mib={mib}"),
-            "--port=8080".into(),
-        ],
+        rootfs: rootfs.to_path_buf(),
+        args: demo_args(mib, passes),
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),
         user: (0, 0),
@@ -413,24 +443,31 @@ async fn bench_gvisor(sizes: &[usize], demo_binary: &Path) -> Result<()> {
                 "-qO-".into(),
                 "http://127.0.0.1:8080/".into(),
             ];
+            let deadline = Instant::now() + FIRST_RESPONSE_LIMIT;
             loop {
                 if let Ok(out) = engine.exec(&id, &args, &[]).await
                     && out.exit_code == 0
                 {
-                    return;
+                    return Ok(());
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the demo server in sandbox {id} did not answer within {} s",
+                    FIRST_RESPONSE_LIMIT.as_secs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
     let mut rows = Vec::new();
     for &mib in sizes {
         let id = format!("bench-{mib}-{}", std::process::id());
+        eprintln!("[{mib} MiB] raw runsc: cold start, checkpoint, restore");
         let started = Instant::now();
         engine
             .create_sandbox(&id, &spec(&id, mib), &Network::Loopback)
             .await?;
-        first_response(id.clone()).await;
+        first_response(id.clone()).await?;
         let cold = started.elapsed();
         let image_dir = dir.join(format!("image-{mib}"));
         let started = Instant::now();
@@ -448,30 +485,64 @@ async fn bench_gvisor(sizes: &[usize], demo_binary: &Path) -> Result<()> {
                 &image_dir,
             )
             .await?;
-        first_response(restored.clone()).await;
+        first_response(restored.clone()).await?;
         let restore = started.elapsed();
         engine.delete(&restored).await?;
         std::fs::remove_dir_all(&image_dir)?;
-        rows.push((mib, cold, checkpoint, image_bytes, restore));
+        rows.push(RawRunsc {
+            mib,
+            cold,
+            checkpoint,
+            image_bytes,
+            restore,
+        });
     }
+    Ok((engine.features().version.clone(), rows))
+}
+
+/// How long a demo server may take to answer its first request.
+pub(crate) const FIRST_RESPONSE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The demo server's command line: `--state-mib`, port 8080, and `--passes` when given.
+pub(crate) fn demo_args(mib: usize, passes: Option<u32>) -> Vec<String> {
+    let mut args = vec![
+        "/app/podsnap-demo-server".to_owned(),
+        format!("--state-mib={mib}"),
+        "--port=8080".to_owned(),
+    ];
+    if let Some(p) = passes {
+        args.push(format!("--passes={p}"));
+    }
+    args
+}
+
+async fn bench_gvisor(sizes: &[usize], demo_binary: &Path) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let result = async {
+        let rootfs = dir.join("rootfs");
+        demo_rootfs(demo_binary, &rootfs)?;
+        raw_runsc(&rootfs, &dir, sizes, None).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (version, rows) = result?;
     println!(
-        "demo workload under gvisor ({}), first response polled with exec + wget inside the sandbox",
-        engine.features().version
+        "demo workload under gvisor ({version}), first response polled with exec + wget inside the sandbox"
     );
     println!(
         "{:>10} {:>16} {:>12} {:>12} {:>18} {:>9}",
         "state MiB", "cold start s", "checkpoint s", "image MiB", "restore s", "speed-up"
     );
-    for (mib, cold, checkpoint, bytes, restore) in rows {
+    for r in rows {
         println!(
-            "{mib:>10} {:>16.2} {:>12.2} {:>12.0} {:>18.2} {:>8.1}x",
-            cold.as_secs_f64(),
-            checkpoint.as_secs_f64(),
-            bytes as f64 / MIB,
-            restore.as_secs_f64(),
-            cold.as_secs_f64() / restore.as_secs_f64()
+            "{:>10} {:>16.2} {:>12.2} {:>12.0} {:>18.2} {:>8.1}x",
+            r.mib,
+            r.cold.as_secs_f64(),
+            r.checkpoint.as_secs_f64(),
+            r.image_bytes as f64 / MIB,
+            r.restore.as_secs_f64(),
+            r.cold.as_secs_f64() / r.restore.as_secs_f64()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
