@@ -35,6 +35,28 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/release/podsnap-demo-server")]
         demo_binary: PathBuf,
     },
+    /// The demo workload through a private podsnap agent against raw runsc: cold start,
+    /// checkpoint on a manual trigger (time, bytes stored and uploaded), the upload of a second
+    /// snapshot of the unchanged Pod, and restored replicas with a cold and a warm node cache,
+    /// for several state sizes. Run from the repository root after
+    /// `cargo build --release --bin podsnap --bin podsnap-demo-server`.
+    Snapshot {
+        /// State sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+        sizes: Vec<usize>,
+        /// The demo server binary.
+        #[arg(long, default_value = "target/release/podsnap-demo-server")]
+        demo_binary: PathBuf,
+        /// Working directory for the agent's state, the image store and the snapshot
+        /// repository (needs about 4x the largest state free); a temporary one, removed at the
+        /// end, when absent. A given one keeps the agent's log.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Passes the demo server makes over its state before it serves (its start-up work);
+        /// the server's default when absent.
+        #[arg(long)]
+        passes: Option<u32>,
+    },
 }
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
@@ -52,6 +74,12 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Repo { size_mib, dir } => bench_repo(size_mib, dir).await,
         BenchCommand::Gvisor { sizes, demo_binary } => bench_gvisor(&sizes, &demo_binary).await,
+        BenchCommand::Snapshot {
+            sizes,
+            demo_binary,
+            work_dir,
+            passes,
+        } => crate::bench_snapshot::run(&sizes, &demo_binary, work_dir, passes).await,
     }
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_snapshot;
 mod image_cmd;
 mod node_cmd;
 mod progress;
