@@ -73,27 +73,42 @@ pub async fn run(
             runsc_version: String::new(),
         };
         let measured = tokio::select! {
-            measured = bench.measure_all(sizes) => measured,
+            measured = bench.measure_all(sizes) => {
+                if measured.is_err() {
+                    eprintln!(
+                        "the agent's log ends with:\n{}",
+                        log_tail(&bench.agent.log, 20)
+                    );
+                }
+                measured
+            }
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         };
-        bench.clean_up().await;
-        if measured.is_err() {
-            eprintln!(
-                "the agent's log ends with:\n{}",
-                log_tail(&bench.agent.log, 20)
-            );
+        tokio::select! {
+            () = bench.clean_up() => {}
+            _ = tokio::signal::ctrl_c() => eprintln!("clean-up interrupted: removing the sandboxes by force"),
         }
         let version = bench.runsc_version.clone();
         drop(bench);
         Ok::<_, anyhow::Error>((measured?, version))
     }
     .await;
-    for sub in ["state", "images", "snapshots", "demo-rootfs", "raw"] {
-        let _ = std::fs::remove_dir_all(dir.join(sub));
-    }
-    let _ = std::fs::remove_file(dir.join("agent.sock"));
-    if temporary {
-        let _ = std::fs::remove_dir_all(&dir);
+    let left = sandboxes(&dir.join("state").join("engine")).await;
+    if left.is_empty() {
+        for sub in ["state", "images", "snapshots", "demo-rootfs", "raw"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+        }
+        let _ = std::fs::remove_file(dir.join("agent.sock"));
+        if temporary {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    } else {
+        eprintln!(
+            "sandboxes {} are left; {} is kept: remove them with `runsc --root={} delete --force ID`",
+            left.join(", "),
+            dir.display(),
+            dir.join("state/engine/runsc").display()
+        );
     }
     let (figures, version) = result?;
     print_table(&figures, passes, &version);
@@ -381,11 +396,23 @@ impl Bench {
         wait_no_sandboxes(&self.agent.engine_state, Duration::from_secs(60)).await
     }
 
-    /// Deletes the Pods still there and waits for their sandboxes to go; never fails (what is
-    /// left is removed when the agent is dropped).
+    /// Lets a snapshot in flight end (it finishes with an in-place restore that brings the
+    /// sandbox back), deletes the Pods still there and waits for their sandboxes to go; never
+    /// fails (what is left is removed when the agent is dropped).
     async fn clean_up(&mut self) {
         if self.pods.is_empty() {
             return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut told = false;
+        while pending_triggers(self.client()).await > 0 && Instant::now() < deadline {
+            if !told {
+                eprintln!(
+                    "cleaning up: waiting for the snapshot in progress to end (Ctrl-C again to skip)"
+                );
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         eprintln!("cleaning up: deleting Pods {}", self.pods.join(", "));
         for name in std::mem::take(&mut self.pods) {
@@ -402,6 +429,29 @@ impl Bench {
             eprintln!("{e:#}; removing them by force");
         }
     }
+}
+
+/// Manual triggers neither Complete nor Failed.
+async fn pending_triggers(client: &Client) -> usize {
+    let Ok(list) = get(
+        client,
+        "/objects/PodSnapshotManualTrigger?namespace=default",
+    )
+    .await
+    else {
+        return 0;
+    };
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            !conditions(t).any(|c| {
+                c["type"] == "Triggered"
+                    && matches!(c["reason"].as_str(), Some("Complete" | "Failed"))
+            })
+        })
+        .count()
 }
 
 fn pod_yaml(name: &str, mib: usize, passes: Option<u32>, port: u16) -> Result<String> {
@@ -549,11 +599,16 @@ async fn sandboxes(engine_state: &Path) -> Vec<String> {
     }
 }
 
+/// Waits until runsc lists no sandbox and still none a second later (a Pod that was being
+/// started or resumed when it was deleted can bring one back in between).
 async fn wait_no_sandboxes(engine_state: &Path, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
+    let mut empty_since: Option<Instant> = None;
     loop {
         let left = sandboxes(engine_state).await;
-        if left.is_empty() {
+        if !left.is_empty() {
+            empty_since = None;
+        } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {
             return Ok(());
         }
         if Instant::now() > deadline {
