@@ -85,7 +85,8 @@ impl Store {
         })
     }
 
-    /// Resolves when an object changes.
+    /// Resolves when an object changes. Meant for one waiter (the controller): a change made
+    /// while nobody waits is kept, so the next call returns at once instead of missing it.
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
@@ -158,7 +159,7 @@ impl Store {
                 .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        self.changed.notify_waiters();
+        self.changed.notify_one();
         Ok(applied)
     }
 
@@ -212,7 +213,7 @@ impl Store {
             }
         };
         txn.commit().map_err(db_err)?;
-        self.changed.notify_waiters();
+        self.changed.notify_one();
         Ok(found)
     }
 
@@ -263,7 +264,7 @@ impl Store {
                 .is_some()
         };
         txn.commit().map_err(db_err)?;
-        self.changed.notify_waiters();
+        self.changed.notify_one();
         Ok(existed)
     }
 
@@ -328,6 +329,17 @@ pub fn now() -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_change_made_while_nobody_waits_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("agent.redb")).unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}});
+        store.apply("Pod", "default", "a", pod).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), store.changed())
+            .await
+            .expect("the change before the wait wakes the waiter");
+    }
 
     #[test]
     fn objects_survive_reopening_and_keep_identity() {
