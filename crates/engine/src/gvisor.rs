@@ -406,23 +406,31 @@ impl GvisorEngine {
     }
 }
 
-/// Removes every sandbox runsc knows under an engine state directory, synchronously: for
-/// cleaning up after tests and tools, whatever state they ended in.
-pub fn delete_all_sandboxes(state_dir: &Path) {
+/// The sandboxes runsc knows under an engine state directory (empty when runsc cannot be
+/// run), synchronously: for tests and tools that watch an engine from outside.
+pub fn list_sandboxes(state_dir: &Path) -> Vec<String> {
     let root = format!("--root={}", state_dir.join("runsc").display());
     let Ok(out) = std::process::Command::new("runsc")
         .args([root.as_str(), "list", "--quiet"])
         .output()
     else {
-        return;
+        return Vec::new();
     };
-    for id in String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-    {
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes every sandbox runsc knows under an engine state directory, synchronously: for
+/// cleaning up after tests and tools, whatever state they ended in.
+pub fn delete_all_sandboxes(state_dir: &Path) {
+    let root = format!("--root={}", state_dir.join("runsc").display());
+    for id in list_sandboxes(state_dir) {
         let _ = std::process::Command::new("runsc")
-            .args([root.as_str(), "delete", "--force", id])
+            .args([root.as_str(), "delete", "--force", id.as_str()])
             .output();
     }
 }
