@@ -86,6 +86,21 @@ impl Client {
         }
     }
 
+    /// Applies a manifest (YAML or JSON, one or more documents); the agent's answer with a
+    /// result per object.
+    pub async fn apply(&self, manifest: &str) -> Result<Value, ClientError> {
+        let bytes = self
+            .request(
+                Method::POST,
+                "/apply",
+                Some(manifest.as_bytes().to_vec()),
+                "application/yaml",
+            )
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Transport(format!("unreadable answer: {e}")))
+    }
+
     /// A JSON request.
     pub async fn json(
         &self,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::Method;
 use podsnap_agent::client::Client;
+use podsnap_engine::gvisor::list_sandboxes;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -93,7 +94,7 @@ pub async fn run(
         Ok::<_, anyhow::Error>((measured?, version))
     }
     .await;
-    let left = sandboxes(&dir.join("state").join("engine")).await;
+    let left = list_sandboxes(&dir.join("state").join("engine"));
     if left.is_empty() {
         for sub in ["state", "images", "snapshots", "demo-rootfs", "raw"] {
             let _ = std::fs::remove_dir_all(dir.join(sub));
@@ -232,7 +233,7 @@ impl Bench {
             "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotStorageConfig\nmetadata: {{name: bench-local}}\nspec:\n  snapshotStorageConfig:\n    local: {{directory: {}}}\n---\napiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotPolicy\nmetadata: {{name: {APP}, namespace: default}}\nspec:\n  storageConfigName: bench-local\n  selector: {{matchLabels: {{app: {APP}}}}}\n  triggerConfig: {{type: manual, postCheckpoint: resume}}\n",
             serde_json::to_string(&self.dir.join("snapshots"))?
         );
-        apply(self.client(), &setup).await?;
+        self.client().apply(&setup).await?;
         let mut all = Vec::new();
         for &mib in sizes {
             all.push(self.measure(mib).await?);
@@ -308,7 +309,7 @@ impl Bench {
         let yaml = pod_yaml(name, mib, self.passes, port)?;
         let started = Instant::now();
         self.pods.push(name.to_owned());
-        apply(self.client(), &yaml).await?;
+        self.client().apply(&yaml).await?;
         let (ready, first_response) = tokio::try_join!(
             wait_ready(self.client(), name, started),
             first_response(port, started)
@@ -330,7 +331,7 @@ impl Bench {
             "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {{name: {trigger}, namespace: default}}\nspec: {{targetPod: {pod}}}\n"
         );
         let started = Instant::now();
-        apply(self.client(), &yaml).await?;
+        self.client().apply(&yaml).await?;
         let path = format!("/objects/PodSnapshotManualTrigger/default/{trigger}");
         let snapshot = loop {
             let t = get(self.client(), &path).await?;
@@ -482,18 +483,6 @@ spec:
     ))
 }
 
-async fn apply(client: &Client, yaml: &str) -> Result<Value> {
-    let bytes = client
-        .request(
-            Method::POST,
-            "/apply",
-            Some(yaml.as_bytes().to_vec()),
-            "application/yaml",
-        )
-        .await?;
-    Ok(serde_json::from_slice(&bytes)?)
-}
-
 async fn get(client: &Client, path: &str) -> Result<Value> {
     client
         .json(Method::GET, path, None)
@@ -581,31 +570,13 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .collect::<std::io::Result<_>>()?)
 }
 
-/// The sandboxes runsc knows under an engine state directory.
-async fn sandboxes(engine_state: &Path) -> Vec<String> {
-    let out = tokio::process::Command::new("runsc")
-        .arg(format!("--root={}", engine_state.join("runsc").display()))
-        .args(["list", "--quiet"])
-        .output()
-        .await;
-    match out {
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Waits until runsc lists no sandbox and still none a second later (a Pod that was being
 /// started or resumed when it was deleted can bring one back in between).
 async fn wait_no_sandboxes(engine_state: &Path, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     let mut empty_since: Option<Instant> = None;
     loop {
-        let left = sandboxes(engine_state).await;
+        let left = list_sandboxes(engine_state);
         if !left.is_empty() {
             empty_since = None;
         } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {

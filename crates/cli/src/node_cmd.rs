@@ -112,15 +112,7 @@ pub async fn apply(agent: &AgentArgs, files: &[PathBuf]) -> Result<()> {
             std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?
         };
-        let answer = client
-            .request(
-                Method::POST,
-                "/apply",
-                Some(text.into_bytes()),
-                "application/yaml",
-            )
-            .await?;
-        let answer: Value = serde_json::from_slice(&answer)?;
+        let answer = client.apply(&text).await?;
         for r in answer["results"].as_array().into_iter().flatten() {
             println!(
                 "{}/{} {}",

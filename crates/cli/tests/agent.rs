@@ -40,7 +40,7 @@ spec:
 async fn pods_and_deployments_run_and_survive_an_agent_restart() {
     let (dir, _cleanup, agent, client, engine) = busybox_agent().await;
 
-    let applied = apply(&client, MANIFESTS).await.unwrap();
+    let applied = client.apply(MANIFESTS).await.unwrap();
     assert_eq!(applied["results"][0]["result"], "created");
     let web = wait_phase(&client, "web", "Running").await;
     let ready = web["status"]["conditions"]
@@ -83,7 +83,7 @@ async fn pods_and_deployments_run_and_survive_an_agent_restart() {
         wait_phase(&client, w, "Running").await;
     }
     // Applying the same manifests again changes nothing.
-    let again = apply(&client, MANIFESTS).await.unwrap();
+    let again = client.apply(MANIFESTS).await.unwrap();
     assert_eq!(again["results"][0]["result"], "unchanged");
 
     // Kill the agent and start it again: the Pods are found again, not restarted.
@@ -143,19 +143,17 @@ async fn pods_and_deployments_run_and_survive_an_agent_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_failures_are_recorded() {
     let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
-    let err = apply(
-        &client,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n",
-    )
-    .await
-    .unwrap_err();
+    let err = client
+        .apply("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n")
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("the Pod has no containers"),
         "{err}"
     );
-    let err = apply(&client, "kind: Gadget\n").await.unwrap_err();
+    let err = client.apply("kind: Gadget\n").await.unwrap_err();
     assert!(err.to_string().contains("apiVersion"), "{err}");
-    apply(&client, "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/missing}]\n").await.unwrap();
+    client.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/missing}]\n").await.unwrap();
     let failed = wait_phase(&client, "ghost", "Failed").await;
     assert!(
         failed["status"]["message"]
@@ -168,7 +166,7 @@ async fn bad_input_is_refused_and_failures_are_recorded() {
         .await
         .unwrap();
     assert_eq!(events["items"][0]["reason"], "FailedCreate");
-    let err = apply(&client, "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/busybox}]\n").await.unwrap_err();
+    let err = client.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c, image: localhost/busybox}]\n").await.unwrap_err();
     assert!(err.to_string().contains("delete it first"), "{err}");
     let err = client
         .json(Method::GET, "/objects/Pod/default/nope", None)
@@ -219,7 +217,7 @@ fn ready_condition(pod: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_probes_gate_ready_and_failed_containers_restart() {
     let (_dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
-    apply(&client, PROBED).await.unwrap();
+    client.apply(PROBED).await.unwrap();
     wait_phase(&client, "slow", "Running").await;
     assert_eq!(
         ready_condition(&pod(&client, "slow").await)["status"],
@@ -301,7 +299,7 @@ async fn host_get(port: u16, path: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
     let (_dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
-    apply(&client, PORTS).await.unwrap();
+    client.apply(PORTS).await.unwrap();
     wait_phase(&client, "exposed", "Running").await;
     let expected = std::fs::read("/bin/busybox").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -341,13 +339,13 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         "type: manual, postCheckpoint: resume",
         &COUNTER_POD.replace("NAME", "origin"),
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = count(&client, "origin").await;
     assert!(before > 0);
 
-    apply(&client, "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: now, namespace: default}\nspec: {targetPod: origin}\n").await.unwrap();
+    client.apply("apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: now, namespace: default}\nspec: {targetPod: origin}\n").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let snapshot = loop {
         let trigger = client
@@ -403,7 +401,8 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     assert!(count(&client, "origin").await > before);
 
     // A new Pod with the same spec is restored: its counter goes on from the snapshot.
-    apply(&client, &COUNTER_POD.replace("NAME", "replica"))
+    client
+        .apply(&COUNTER_POD.replace("NAME", "replica"))
         .await
         .unwrap();
     let replica = wait_phase(&client, "replica", "Running").await;
@@ -424,7 +423,7 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     let changed = COUNTER_POD
         .replace("NAME", "changed")
         .replace("sleep 0.1", "sleep 0.2");
-    apply(&client, &changed).await.unwrap();
+    client.apply(&changed).await.unwrap();
     let cold = wait_phase(&client, "changed", "Running").await;
     assert!(
         cold["status"]["conditions"]
@@ -549,7 +548,7 @@ async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
         "type: workload",
         &WORKLOAD_POD.replace("NAME", "first"),
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     assert_eq!(outcome(&client, "first").await, "resume");
     let snapshots = client
         .json(Method::GET, "/objects/PodSnapshot?namespace=default", None)
@@ -558,7 +557,8 @@ async fn the_workload_trigger_snapshots_and_tells_original_and_copy_apart() {
     let items = snapshots["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     let snapshot = items[0]["metadata"]["name"].as_str().unwrap().to_owned();
-    apply(&client, &WORKLOAD_POD.replace("NAME", "copy"))
+    client
+        .apply(&WORKLOAD_POD.replace("NAME", "copy"))
         .await
         .unwrap();
     assert_eq!(outcome(&client, "copy").await, "restore");
@@ -606,9 +606,9 @@ async fn post_checkpoint_stop_completes_the_pod() {
         "type: manual, postCheckpoint: stop",
         &COUNTER_POD.replace("NAME", "once"),
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "once", "Running").await;
-    apply(&client, "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: stop-now, namespace: default}\nspec: {targetPod: once}\n").await.unwrap();
+    client.apply("apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: stop-now, namespace: default}\nspec: {targetPod: once}\n").await.unwrap();
     let done = wait_phase_within(&client, "once", "Succeeded", Duration::from_secs(60)).await;
     assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 0);
     let trigger = client
@@ -666,7 +666,7 @@ async fn a_rootfs_only_snapshot_carries_file_changes_to_a_pod_that_starts_fresh(
         "  triggerConfig:",
         "  snapshotScope: rootfs-only\n  triggerConfig:",
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
     // Two containers and a pause container: the whole Pod could not be checkpointed here, its
     // root file systems can.
@@ -697,14 +697,14 @@ async fn a_rootfs_only_snapshot_carries_file_changes_to_a_pod_that_starts_fresh(
 
     // A Pod with another spec (the hash check is skipped for rootfs-only snapshots) starts
     // from its entry point with the origin's files in place.
-    apply(
-        &client,
-        &ROOTFS_POD
-            .replace("NAME", "copy")
-            .replace("FLAVOUR_VALUE", "b"),
-    )
-    .await
-    .unwrap();
+    client
+        .apply(
+            &ROOTFS_POD
+                .replace("NAME", "copy")
+                .replace("FLAVOUR_VALUE", "b"),
+        )
+        .await
+        .unwrap();
     let copy = wait_phase(&client, "copy", "Running").await;
     let restored = condition_of(&copy, "PodRestored");
     assert!(
@@ -761,7 +761,7 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
         "  triggerConfig:",
         "  snapshotGroupingRules:\n    groupByLabelValue:\n      labels: [tier]\n      groupRetentionPolicy: {maxSnapshotCountPerGroup: 1}\n  triggerConfig:",
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "gold-origin", "Running").await;
     let mut taken = Vec::new();
     for trigger in ["first", "second"] {
@@ -802,7 +802,8 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
     assert!(manifest(&taken[1]).exists());
 
     // Another group has no snapshot: cold, with the reason.
-    apply(&client, &grouped_pod("silver", "silver", None))
+    client
+        .apply(&grouped_pod("silver", "silver", None))
         .await
         .unwrap();
     let silver = wait_phase(&client, "silver", "Running").await;
@@ -814,12 +815,10 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
     );
 
     // A pin to the pruned snapshot never falls back to the one that exists.
-    apply(
-        &client,
-        &grouped_pod("pinned-gone", "gold", Some(&taken[0])),
-    )
-    .await
-    .unwrap();
+    client
+        .apply(&grouped_pod("pinned-gone", "gold", Some(&taken[0])))
+        .await
+        .unwrap();
     let gone = wait_phase(&client, "pinned-gone", "Running").await;
     assert!(condition_of(&gone, "PodRestored").is_null());
     assert!(
@@ -828,7 +827,8 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
             .contains(&"PinnedSnapshotUnusable".to_owned())
     );
     // A pin to the existing one restores from it.
-    apply(&client, &grouped_pod("pinned", "gold", Some(&taken[1])))
+    client
+        .apply(&grouped_pod("pinned", "gold", Some(&taken[1])))
         .await
         .unwrap();
     let pinned = wait_phase(&client, "pinned", "Running").await;

@@ -79,7 +79,7 @@ async fn unreachable_storage_fails_the_snapshot_after_retries_and_the_pod_goes_o
         ),
         &format!("s3: {{bucket: gone, endpoint: \"http://127.0.0.1:{closed_port}\"}}"),
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
     let before = count(&client, "origin").await;
 
@@ -125,7 +125,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_pod_starts_cold_with_the_reason()
         "type: manual",
         &COUNTER_POD.replace("NAME", "origin"),
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
     let trigger = run_trigger(&client, "now", "origin").await;
     assert_eq!(
@@ -152,7 +152,8 @@ async fn a_corrupt_snapshot_is_refused_and_the_pod_starts_cold_with_the_reason()
     }
     assert!(corrupted > 0);
 
-    apply(&client, &COUNTER_POD.replace("NAME", "copy"))
+    client
+        .apply(&COUNTER_POD.replace("NAME", "copy"))
         .await
         .unwrap();
     let copy = wait_phase(&client, "copy", "Running").await;
@@ -185,7 +186,7 @@ async fn a_pod_deleted_during_its_checkpoint_leaves_nothing_behind() {
         .replace("NAME", "doomed")
         .replace("i=0;", "head -c 67108864 /dev/urandom > /tmp/state; i=0;");
     let setup = snapshot_setup(dir.path(), "counter", "type: manual", &pod);
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "doomed", "Running").await;
     count(&client, "doomed").await;
 
@@ -240,11 +241,11 @@ async fn an_agent_killed_during_an_upload_leaves_no_snapshot_and_recovers() {
         .replace("NAME", "origin")
         .replace("i=0;", "head -c 134217728 /dev/urandom > /tmp/state; i=0;");
     let setup = snapshot_setup(dir.path(), "counter", "type: manual", &pod);
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
     count(&client, "origin").await;
 
-    apply(&client, "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: interrupted, namespace: default}\nspec: {targetPod: origin}\n").await.unwrap();
+    client.apply("apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: interrupted, namespace: default}\nspec: {targetPod: origin}\n").await.unwrap();
     // The upload has begun once the repository holds a write marker.
     let pending = dir.path().join("snapshots/pending");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -315,7 +316,7 @@ async fn encrypted_storage_reads_its_key_from_a_secret() {
         "  snapshotStorageConfig:",
         "  encryption: {secretRef: {name: repo-key, key: key}}\n  snapshotStorageConfig:",
     );
-    apply(&client, &setup).await.unwrap();
+    client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
 
     // Without the Secret the trigger fails and says which Secret is missing.
@@ -327,9 +328,7 @@ async fn encrypted_storage_reads_its_key_from_a_secret() {
     assert!(message.contains("Secret default/repo-key"), "{message}");
 
     let key = "3f".repeat(32);
-    apply(
-        &client,
-        &format!(
+    client.apply(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: repo-key, namespace: default}}\nstringData: {{key: \"{key}\"}}\n"
         ),
     )
@@ -350,7 +349,8 @@ async fn encrypted_storage_reads_its_key_from_a_secret() {
         "the repository is encrypted: {config}"
     );
 
-    apply(&client, &COUNTER_POD.replace("NAME", "copy"))
+    client
+        .apply(&COUNTER_POD.replace("NAME", "copy"))
         .await
         .unwrap();
     let copy = wait_phase(&client, "copy", "Running").await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-pub use podsnap_agent::client::{Client, ClientError};
+pub use podsnap_agent::client::Client;
 use podsnap_engine::gvisor::SandboxCleanup;
 use podsnap_engine::{GvisorConfig, GvisorEngine};
 use podsnap_image::{ImageConfig, ImageStore};
@@ -101,18 +101,6 @@ pub fn busybox_image(dir: &Path) {
         .unwrap();
 }
 
-pub async fn apply(client: &Client, yaml: &str) -> Result<Value, ClientError> {
-    let bytes = client
-        .request(
-            Method::POST,
-            "/apply",
-            Some(yaml.as_bytes().to_vec()),
-            "application/yaml",
-        )
-        .await?;
-    Ok(serde_json::from_slice(&bytes).unwrap())
-}
-
 pub async fn pod(client: &Client, name: &str) -> Value {
     client
         .json(Method::GET, &format!("/objects/Pod/default/{name}"), None)
@@ -195,9 +183,7 @@ pub async fn count(client: &Client, pod: &str) -> u64 {
 /// Applies manual trigger `trigger` for Pod `target` and waits until it completes or fails;
 /// the trigger object at the end.
 pub async fn run_trigger(client: &Client, trigger: &str, target: &str) -> Value {
-    apply(
-        client,
-        &format!(
+    client.apply(&format!(
             "apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {{name: {trigger}, namespace: default}}\nspec: {{targetPod: {target}}}\n"
         ),
     )
