@@ -51,6 +51,14 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
     json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now()})
 }
 
+/// The status of a PodSnapshot whose checkpoint failed for good.
+fn failed_status(message: &str, retries: u64) -> Value {
+    json!({"conditions": [
+        condition("Checkpoint", "False", "Failed", message),
+        condition("Ready", "False", "Failed", message),
+    ], "observedCheckpointRetryCount": retries})
+}
+
 impl Controller {
     fn repository(&self, storage_name: &str) -> Result<Repository, String> {
         let value = self
@@ -273,10 +281,10 @@ impl Controller {
                 continue;
             }
             let (namespace, name) = object_key(&value);
-            let status = json!({"conditions": [
-                condition("Checkpoint", "False", "Failed", message),
-                condition("Ready", "False", "Failed", message),
-            ]});
+            let retries = value["status"]["observedCheckpointRetryCount"]
+                .as_u64()
+                .unwrap_or(0);
+            let status = failed_status(message, retries);
             let _ = self
                 .store
                 .set_status("PodSnapshot", &namespace, &name, status);
@@ -512,10 +520,7 @@ impl Controller {
                 } else {
                     message
                 };
-                let status = json!({"conditions": [
-                    condition("Checkpoint", "False", "Failed", &message),
-                    condition("Ready", "False", "Failed", &message),
-                ], "observedCheckpointRetryCount": retries});
+                let status = failed_status(&message, u64::from(retries));
                 let _ = self
                     .store
                     .set_status("PodSnapshot", namespace, &snapshot, status);
