@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod gvisor;
+pub mod gvisor_image;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -75,6 +75,20 @@ async fn read_counter(engine: &GvisorEngine, id: &str) -> u64 {
     panic!("the counter file stayed empty");
 }
 
+/// Decodes `from/checkpoint.img` and writes it again, uncompressed, as `to/checkpoint.img`;
+/// the length of the state.
+fn rebuild_image(from: &Path, to: &Path) -> u64 {
+    use podsnap_engine::gvisor_image::{ImageEncoder, StateDecoder};
+    std::fs::create_dir_all(to).unwrap();
+    let source = std::io::BufReader::new(std::fs::File::open(from.join("checkpoint.img")).unwrap());
+    let (header, mut state) = StateDecoder::open(source).unwrap();
+    let out = std::io::BufWriter::new(std::fs::File::create(to.join("checkpoint.img")).unwrap());
+    let mut encoder = ImageEncoder::new(out, &header).unwrap();
+    let len = std::io::copy(&mut state, &mut encoder).unwrap();
+    encoder.finish().unwrap();
+    len
+}
+
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +188,8 @@ async fn containers_share_their_pods_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_restore_keep_memory_and_files() {
+    // The restore reads an image rebuilt the way the agent rebuilds stored snapshots: the
+    // state decompressed, then framed again in stored DEFLATE blocks.
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = SandboxCleanup(dir.path().join("state"));
     let engine = engine(dir.path()).await;
@@ -211,6 +227,15 @@ async fn checkpoint_and_restore_keep_memory_and_files() {
         Status::Running
     );
     engine.delete(&id).await.unwrap();
+    let rebuilt = dir.path().join("rebuilt");
+    let state_len = rebuild_image(&image.dir, &rebuilt);
+    assert!(
+        std::fs::metadata(rebuilt.join("checkpoint.img"))
+            .unwrap()
+            .len()
+            > state_len,
+        "the rebuilt image holds the whole state uncompressed"
+    );
 
     let restored = unique("restored");
     engine
@@ -218,7 +243,7 @@ async fn checkpoint_and_restore_keep_memory_and_files() {
             &restored,
             &spec(&restored, &rootfs, dir.path(), COUNTER),
             &Network::Loopback,
-            &image.dir,
+            &rebuilt,
         )
         .await
         .unwrap();
