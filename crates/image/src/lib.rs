@@ -1,31 +1,58 @@
 //! podsnap's local image store: container images imported from OCI image layouts, OCI archives
-//! (`oci-archive`), Docker archives (`docker save`) or a plain root file system directory, kept
-//! as flattened root file systems with their run configuration.
+//! (`oci-archive`), Docker archives (`docker save`), a plain root file system directory, or
+//! pulled from a registry ([`ImageStore::pull`]), kept as content-addressed layers with a
+//! record per image name.
 //!
-//! Each image's layers are applied in order (whiteouts and opaque directories honoured, paths
-//! that escape the root refused, OCI blobs checked against their digests) into
-//! `rootfs/<image id>/`; `images/` records name, id and config. Containers get their own
-//! writable layer on top (the gvisor engine keeps it in sandbox memory).
+//! On disk, under the store's root:
 //!
-//! This crate reads image files and writes the store. It must not run containers or talk to
-//! registries.
+//! - `layers/sha256/<hex>/`: one unpacked layer, keyed by the digest of its blob as the image
+//!   ships it (compressed or not), in overlayfs form (an OCI whiteout `.wh.NAME` is a character
+//!   device 0:0, an opaque directory carries `trusted.overlay.opaque=y`); `<hex>.json` beside
+//!   it records the diff id (digest of the uncompressed tar) and size. Images that share a
+//!   layer share the directory; a layer goes when no image lists it any more.
+//! - `images/<key>.json`: one record per image name: id, run configuration, layers bottom
+//!   first.
+//! - `rootfs/<image id>/`: the image's root file system, a read-only overlayfs mount of its
+//!   layers made on demand by [`ImageStore::rootfs`] (an image of one layer without whiteouts
+//!   uses the layer directory itself). Containers get their own writable layer on top (the
+//!   gvisor engine keeps it in sandbox memory).
+//! - `tmp/`: work in progress (archives being read, layers being unpacked): layers are
+//!   unpacked there and renamed into place with the image record, so an interrupted import
+//!   leaves nothing under a final name.
+//! - `lock`: serialises changes between processes (the agent and `podsnap image`).
+//!
+//! [`ImageStore::open`] repairs what a crash can leave behind: temporary directories of
+//! processes that are gone, layers no record lists, mounts of images that no longer exist.
+//!
+//! Layer contents are checked against their digests, and entries that escape the root (`..`,
+//! absolute paths, paths through symbolic links) are refused.
+//!
+//! This crate reads image files and registries and writes the store. It must not run
+//! containers.
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+mod layer;
+mod mount;
+mod pull;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use layer::{LayerInfo, apply_layer};
+pub use pull::{PullAuth, PullOptions};
 
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The image is not in the store.
     #[error(
-        "image {0} is not in the store; import it with `podsnap image import FILE --name {0}` (`podsnap image ls` lists the images)"
+        "image {0} is not in the store; import it with `podsnap image import FILE --name {0}` or pull it with `podsnap image pull {0}` (`podsnap image ls` lists the images)"
     )]
     NotFound(String),
     /// The source is not an image podsnap can read.
@@ -38,13 +65,29 @@ pub enum ImageError {
     },
     /// A blob does not match its digest.
     #[error(
-        "{path}: content does not match its digest {digest}; the image is damaged, export it again"
+        "{path}: content does not match its digest {digest}; the image is damaged, export or push it again"
     )]
     Digest {
         /// The blob.
         path: String,
         /// The expected digest.
         digest: String,
+    },
+    /// Mounting or unmounting an image's root file system failed.
+    #[error("{path}: {problem}")]
+    Mount {
+        /// The mount point.
+        path: String,
+        /// What went wrong and what to do.
+        problem: String,
+    },
+    /// A registry refused or could not serve an image.
+    #[error("pulling {reference}: {problem}")]
+    Registry {
+        /// The image reference.
+        reference: String,
+        /// What went wrong and what to do.
+        problem: String,
     },
     /// File input or output failed.
     #[error("{context}: {source}")]
@@ -106,10 +149,14 @@ pub struct ImageRecord {
     pub id: String,
     /// Run configuration.
     pub config: ImageConfig,
-    /// Size of the root file system in bytes.
+    /// Size of the layers' file content in bytes.
     pub size: u64,
-    /// What it was imported from.
+    /// What it was imported or pulled from.
     pub source: String,
+    /// The layers, bottom first. Empty for an image imported by an older podsnap, kept as one
+    /// flattened directory under `rootfs/`.
+    #[serde(default)]
+    pub layers: Vec<LayerInfo>,
 }
 
 /// Adds `:latest` to a name without a tag (and no digest).
@@ -128,21 +175,278 @@ pub struct ImageStore {
     root: PathBuf,
 }
 
+/// Layers of an image being built: unpacked into a staging directory until
+/// [`Build::commit`] renames them into the store with the image's records.
+struct Build<'a> {
+    store: &'a ImageStore,
+    staging: PathBuf,
+    /// The image's layers so far and where their files are (staged or in the store).
+    layers: Vec<(LayerInfo, PathBuf)>,
+}
+
+impl Drop for Build<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+impl Build<'_> {
+    /// Adds layer blob `blob` on top. `digest` is the digest the image gives for the blob (the
+    /// blob is checked against it; computed when `None`), `diff_id` the config's digest of its
+    /// uncompressed tar (checked when given). A layer already in the store is not unpacked
+    /// again; its blob may then be absent (a pull does not download it).
+    fn add(&mut self, blob: &Path, digest: Option<&str>, diff_id: Option<&str>) -> Result<()> {
+        if let Some(digest) = digest {
+            if layer::digest_hex(digest).is_none() {
+                return Err(invalid(
+                    blob,
+                    format!("unsupported digest `{digest}` (only sha256)"),
+                ));
+            }
+            if !blob.exists()
+                && let Some(info) = self.store.layer_info(digest)
+            {
+                let dir = self.store.layer_dir(digest);
+                self.layers.push((info, dir));
+                return Ok(());
+            }
+        }
+        let actual = layer::file_digest(blob)?;
+        if let Some(expected) = digest
+            && expected != actual
+        {
+            return Err(ImageError::Digest {
+                path: blob.display().to_string(),
+                digest: expected.to_owned(),
+            });
+        }
+        if let Some(info) = self.store.layer_info(&actual) {
+            let dir = self.store.layer_dir(&actual);
+            self.layers.push((info, dir));
+            return Ok(());
+        }
+        if let Some((info, dir)) = self.layers.iter().find(|(l, _)| l.digest == actual) {
+            let entry = (info.clone(), dir.clone());
+            self.layers.push(entry);
+            return Ok(());
+        }
+        let dir = self.staging.join(format!("layer-{}", self.layers.len()));
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let lowers: Vec<PathBuf> = self.layers.iter().map(|(_, d)| d.clone()).collect();
+        let (computed, size, whiteouts) = layer::unpack_layer(blob, &dir, &lowers)?;
+        if let Some(expected) = diff_id
+            && expected != computed
+        {
+            return Err(ImageError::Digest {
+                path: format!("{} (uncompressed)", blob.display()),
+                digest: expected.to_owned(),
+            });
+        }
+        tracing::debug!(digest = %actual, diff_id = %computed, size, "layer unpacked");
+        self.layers.push((
+            LayerInfo {
+                digest: actual,
+                diff_id: computed,
+                size,
+                whiteouts,
+            },
+            dir,
+        ));
+        Ok(())
+    }
+
+    /// Moves the new layers into the store and writes a record per name.
+    fn commit(
+        &self,
+        names: &[String],
+        id: &str,
+        config: ImageConfig,
+        source: &str,
+    ) -> Result<Vec<ImageRecord>> {
+        let _lock = self.store.lock()?;
+        for (info, dir) in &self.layers {
+            let target = self.store.layer_dir(&info.digest);
+            if !dir.starts_with(&self.staging) || self.store.layer_info(&info.digest).is_some() {
+                continue;
+            }
+            // A directory without its `.json` is the rest of an interrupted commit.
+            let _ = layer::remove_any(&target);
+            fs::rename(dir, &target).map_err(io_err(format!(
+                "moving layer {} into {}",
+                info.digest,
+                target.display()
+            )))?;
+            write_json_atomically(&self.store.layer_meta(&info.digest), info)?;
+        }
+        let layers: Vec<LayerInfo> = self.layers.iter().map(|(l, _)| l.clone()).collect();
+        let mut out = Vec::new();
+        for name in names {
+            let record = ImageRecord {
+                name: name.clone(),
+                id: id.to_owned(),
+                config: config.clone(),
+                size: layers.iter().map(|l| l.size).sum(),
+                source: source.to_owned(),
+                layers: layers.clone(),
+            };
+            write_json_atomically(&self.store.record_path(name), &record)?;
+            tracing::info!(image = %name, id = %id, layers = layers.len(), "image stored");
+            out.push(record);
+        }
+        // A name that pointed at another image may have left layers nobody uses.
+        self.store.collect_garbage_locked()?;
+        Ok(out)
+    }
+}
+
+fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).expect("records serialise"),
+    )
+    .map_err(io_err(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// The OCI image configuration podsnap writes for an image made from a directory.
+fn synthetic_config(config: &ImageConfig, diff_ids: &[String]) -> Vec<u8> {
+    let ports: BTreeMap<&str, serde_json::Value> = config
+        .exposed_ports
+        .iter()
+        .map(|p| (p.as_str(), serde_json::json!({})))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Entrypoint": config.entrypoint,
+            "Cmd": config.cmd,
+            "Env": config.env,
+            "WorkingDir": config.working_dir,
+            "User": config.user,
+            "ExposedPorts": ports,
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))
+    .expect("config serialises")
+}
+
+/// This machine's architecture in OCI words.
+pub(crate) fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 impl ImageStore {
-    /// Opens (creating) a store at `root`.
+    /// Opens (creating) a store at `root` and repairs what an interrupted run left behind:
+    /// temporary directories of processes that are gone, half-committed or unused layers,
+    /// mounts of removed images. The agent calls this when it starts.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for dir in ["images", "rootfs", "tmp"] {
+        for dir in ["images", "rootfs", "tmp", "layers/sha256", "layers/empty"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
         }
-        // Leftovers of an import that was interrupted.
-        if let Ok(entries) = fs::read_dir(root.join("tmp")) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_dir_all(entry.path());
+        let root =
+            fs::canonicalize(&root).map_err(io_err(format!("opening {}", root.display())))?;
+        let store = Self { root };
+        store.clean_tmp();
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Holds the store's lock (between processes and threads) until dropped.
+    fn lock(&self) -> Result<File> {
+        let path = self.root.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(io_err(format!("locking {}", path.display())))?;
+        Ok(file)
+    }
+
+    /// Removes the temporary directories of processes that no longer run.
+    fn clean_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !alive {
+                tracing::info!(path = %entry.path().display(), "removing an interrupted import");
+                let _ = layer::remove_any(&entry.path());
             }
         }
-        Ok(Self { root })
+    }
+
+    /// Under the lock: removes layers that are half-committed or listed by no image, and
+    /// unmounts and removes root file systems of images that are gone.
+    fn collect_garbage(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        self.collect_garbage_locked()
+    }
+
+    fn collect_garbage_locked(&self) -> Result<()> {
+        let records = self.list()?;
+        let used: BTreeSet<&str> = records
+            .iter()
+            .flat_map(|r| r.layers.iter())
+            .filter_map(|l| layer::digest_hex(&l.digest))
+            .collect();
+        let layers = self.root.join("layers/sha256");
+        for entry in fs::read_dir(&layers)
+            .map_err(io_err(format!("reading {}", layers.display())))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.trim_end_matches(".json").trim_end_matches(".json.tmp");
+            let complete = layers.join(format!("{hex}.json")).exists() && layers.join(hex).is_dir();
+            if !used.contains(hex) || !complete {
+                tracing::info!(layer = %hex, "removing a layer no image uses");
+                layer::remove_any(&entry.path())?;
+            }
+        }
+        let rootfs = self.root.join("rootfs");
+        for entry in fs::read_dir(&rootfs)
+            .map_err(io_err(format!("reading {}", rootfs.display())))?
+            .flatten()
+        {
+            let hex = entry.file_name().to_string_lossy().into_owned();
+            let needed = records.iter().any(|r| {
+                r.id.trim_start_matches("sha256:") == hex
+                    && (r.layers.is_empty() || self.needs_mount(r))
+            });
+            let path = entry.path();
+            let mounted = mount::mounts_at(&path)?;
+            if needed {
+                if mounted.len() > 1 {
+                    tracing::warn!(path = %path.display(), "mounted more than once, unmounting");
+                    mount::unmount_all_at(&path)?;
+                }
+                continue;
+            }
+            if !mounted.is_empty() {
+                tracing::info!(path = %path.display(), "unmounting the root file system of a removed image");
+                mount::unmount_all_at(&path)?;
+            }
+            layer::remove_any(&path)?;
+        }
+        Ok(())
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -150,11 +454,111 @@ impl ImageStore {
         self.root.join("images").join(format!("{key}.json"))
     }
 
-    /// The root file system of an image.
-    pub fn rootfs(&self, record: &ImageRecord) -> PathBuf {
+    fn layer_dir(&self, digest: &str) -> PathBuf {
         self.root
-            .join("rootfs")
-            .join(record.id.trim_start_matches("sha256:"))
+            .join("layers/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn layer_meta(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("layers/sha256")
+            .join(format!("{}.json", digest.trim_start_matches("sha256:")))
+    }
+
+    /// The layer with blob digest `digest`, when the store has it.
+    pub fn layer_info(&self, digest: &str) -> Option<LayerInfo> {
+        layer::digest_hex(digest)?;
+        let bytes = fs::read(self.layer_meta(digest)).ok()?;
+        self.layer_dir(digest).is_dir().then_some(())?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn needs_mount(&self, record: &ImageRecord) -> bool {
+        record.layers.len() > 1 || record.layers.iter().any(|l| l.whiteouts)
+    }
+
+    /// The directories of an image's layers, bottom first.
+    pub fn layer_dirs(&self, record: &ImageRecord) -> Vec<PathBuf> {
+        record
+            .layers
+            .iter()
+            .map(|l| self.layer_dir(&l.digest))
+            .collect()
+    }
+
+    /// Where the root file system of an image is, once [`ImageStore::rootfs`] has made it.
+    pub fn rootfs_path(&self, record: &ImageRecord) -> PathBuf {
+        match record.layers.as_slice() {
+            [only] if !only.whiteouts => self.layer_dir(&only.digest),
+            _ => self
+                .root
+                .join("rootfs")
+                .join(record.id.trim_start_matches("sha256:")),
+        }
+    }
+
+    /// The root file system of an image: a read-only overlayfs mount of its layers at
+    /// `rootfs/<id>/`, made now unless it is there (an image of one layer without whiteouts is
+    /// the layer's directory). Mounting needs root.
+    pub fn rootfs(&self, record: &ImageRecord) -> Result<PathBuf> {
+        let target = self.rootfs_path(record);
+        if !self.needs_mount(record) {
+            if !target.is_dir() {
+                return Err(invalid(
+                    &target,
+                    format!(
+                        "the files of image {} are missing; remove it and import it again",
+                        record.name
+                    ),
+                ));
+            }
+            return Ok(target);
+        }
+        let _lock = self.lock()?;
+        let mounted = mount::mounts_at(&target)?;
+        if let [only] = mounted.as_slice()
+            && only.fs_type == "overlay"
+            && only.source == mount::SOURCE
+        {
+            return Ok(target);
+        }
+        if !mounted.is_empty() {
+            tracing::warn!(path = %target.display(), "replacing an unexpected mount");
+            mount::unmount_all_at(&target)?;
+        }
+        let mut lowers: Vec<PathBuf> = self.layer_dirs(record).into_iter().rev().collect();
+        if let Some(missing) = lowers.iter().find(|l| !l.is_dir()) {
+            return Err(invalid(
+                missing,
+                format!(
+                    "a layer of image {} is missing; remove the image and import or pull it again",
+                    record.name
+                ),
+            ));
+        }
+        if lowers.len() == 1 {
+            // overlayfs wants two lower layers when there is no upper one.
+            lowers.push(self.root.join("layers/empty"));
+        }
+        fs::create_dir_all(&target).map_err(io_err(format!("creating {}", target.display())))?;
+        mount::mount_overlay(&lowers, &target)?;
+        tracing::info!(image = %record.name, path = %target.display(), layers = record.layers.len(), "root file system mounted");
+        Ok(target)
+    }
+
+    /// Unmounts every image root file system of this store (containers still using one keep
+    /// their view until they end). They are mounted again on demand.
+    pub fn unmount_all(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        let rootfs = self.root.join("rootfs");
+        for entry in fs::read_dir(&rootfs)
+            .map_err(io_err(format!("reading {}", rootfs.display())))?
+            .flatten()
+        {
+            mount::unmount_all_at(&entry.path())?;
+        }
+        Ok(())
     }
 
     /// The image called `name` (`:latest` assumed without a tag).
@@ -172,7 +576,8 @@ impl ImageStore {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(format!("reading {}", dir.display())))? {
             let entry = entry.map_err(io_err("reading the image list"))?;
-            if let Ok(bytes) = fs::read(entry.path())
+            if entry.path().extension().is_some_and(|e| e == "json")
+                && let Ok(bytes) = fs::read(entry.path())
                 && let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes)
             {
                 out.push(record);
@@ -182,15 +587,17 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Removes an image; its root file system goes when no other name uses it.
+    /// Removes an image; its root file system is unmounted and its layers removed when no
+    /// other image uses them.
     pub fn remove(&self, name: &str) -> Result<()> {
         let record = self.get(name)?;
-        fs::remove_file(self.record_path(&record.name))
-            .map_err(io_err("removing the image record"))?;
-        if !self.list()?.iter().any(|r| r.id == record.id) {
-            let _ = fs::remove_dir_all(self.rootfs(&record));
+        {
+            let _lock = self.lock()?;
+            fs::remove_file(self.record_path(&record.name))
+                .map_err(io_err("removing the image record"))?;
         }
-        Ok(())
+        tracing::info!(image = %record.name, "image removed");
+        self.collect_garbage()
     }
 
     /// Imports an image from an OCI layout directory, an OCI or Docker archive (tar, optionally
@@ -217,7 +624,7 @@ impl ImageStore {
                 .import_rootfs(source, name, config.unwrap_or_default())
                 .map(|r| vec![r]);
         }
-        let staging = self.staging()?;
+        let staging = self.staging("import")?;
         let result = (|| {
             unpack_plain_tar(source, &staging)?;
             if staging.join("oci-layout").exists() || staging.join("index.json").exists() {
@@ -235,16 +642,27 @@ impl ImageStore {
         result
     }
 
-    fn staging(&self) -> Result<PathBuf> {
+    /// A new directory under `tmp/`, named so that [`ImageStore::open`] knows whether its
+    /// process still runs.
+    fn staging(&self, kind: &str) -> Result<PathBuf> {
         let dir = self
             .root
             .join("tmp")
-            .join(format!("import-{}-{}", std::process::id(), nanos()));
+            .join(format!("{kind}-{}-{}", std::process::id(), nanos()));
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         Ok(dir)
     }
 
-    /// Imports a directory as a one-layer image.
+    fn build(&self) -> Result<Build<'_>> {
+        Ok(Build {
+            store: self,
+            staging: self.staging("build")?,
+            layers: Vec::new(),
+        })
+    }
+
+    /// Imports a directory as a one-layer image (its id is the digest of a configuration
+    /// naming the layer, so the same directory and configuration give the same image).
     pub fn import_rootfs(
         &self,
         dir: &Path,
@@ -252,56 +670,28 @@ impl ImageStore {
         config: ImageConfig,
     ) -> Result<ImageRecord> {
         let name = normalize_name(name);
-        let mut hasher = Sha256::new();
-        hasher.update(name.as_bytes());
-        hasher.update(serde_json::to_vec(&config).expect("config serialises"));
-        hasher.update(nanos().to_le_bytes());
-        let id = format!("sha256:{}", hex::encode(hasher.finalize()));
-        let staging = self.staging()?;
-        let target = staging.join("rootfs");
-        copy_tree(dir, &target)?;
-        self.commit(
-            &name,
-            &id,
-            config,
-            &target,
-            &format!("directory {}", dir.display()),
-        )
-    }
-
-    fn commit(
-        &self,
-        name: &str,
-        id: &str,
-        config: ImageConfig,
-        built: &Path,
-        source: &str,
-    ) -> Result<ImageRecord> {
-        let record = ImageRecord {
-            name: name.to_owned(),
-            id: id.to_owned(),
-            config,
-            size: tree_size(built),
-            source: source.to_owned(),
-        };
-        let final_dir = self.rootfs(&record);
-        if final_dir.exists() {
-            let _ = fs::remove_dir_all(built);
-        } else {
-            fs::rename(built, &final_dir).map_err(io_err(format!(
-                "moving the root file system to {}",
-                final_dir.display()
-            )))?;
-        }
-        let path = self.record_path(name);
-        let tmp = path.with_extension("tmp");
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&record).expect("record serialises"),
-        )
-        .map_err(io_err("writing the image record"))?;
-        fs::rename(&tmp, &path).map_err(io_err("writing the image record"))?;
-        Ok(record)
+        let mut build = self.build()?;
+        let tar = build.staging.join("layer.tar");
+        let digest = layer::tar_directory(dir, &tar)?;
+        build.add(&tar, Some(&digest), Some(&digest))?;
+        let diff_ids: Vec<String> = build
+            .layers
+            .iter()
+            .map(|(l, _)| l.diff_id.clone())
+            .collect();
+        let id = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(synthetic_config(&config, &diff_ids)))
+        );
+        let _ = fs::remove_file(&tar);
+        build
+            .commit(
+                std::slice::from_ref(&name),
+                &id,
+                config,
+                &format!("directory {}", dir.display()),
+            )
+            .map(|mut r| r.remove(0))
     }
 
     fn import_layout(
@@ -337,20 +727,28 @@ impl ImageStore {
                     ));
                 }
             };
-            let staging = self.staging()?;
-            let rootfs = staging.join("rootfs");
-            fs::create_dir_all(&rootfs).map_err(io_err("creating the root file system"))?;
-            for layer in &manifest.layers {
-                apply_layer(&verified_blob(dir, &layer.digest)?, &rootfs)?;
+            let mut build = self.build()?;
+            let diff_ids = config.diff_ids(manifest.layers.len());
+            for (i, layer) in manifest.layers.iter().enumerate() {
+                let hex = layer::digest_hex(&layer.digest).ok_or_else(|| {
+                    invalid(
+                        dir,
+                        format!("unsupported digest `{}` (only sha256)", layer.digest),
+                    )
+                })?;
+                let blob = dir.join("blobs/sha256").join(hex);
+                build.add(
+                    &blob,
+                    Some(&layer.digest),
+                    diff_ids.get(i).map(String::as_str),
+                )?;
             }
-            out.push(self.commit(
-                &image_name,
+            out.extend(build.commit(
+                &[image_name],
                 &manifest.config.digest,
                 config.config.into(),
-                &rootfs,
                 &source.display().to_string(),
             )?);
-            let _ = fs::remove_dir_all(&staging);
         }
         if out.is_empty() {
             return Err(invalid(source, "the OCI index lists no image"));
@@ -366,11 +764,7 @@ impl ImageStore {
             return Ok(descriptor.clone());
         }
         let nested: OciIndex = read_json(&verified_blob(dir, &descriptor.digest)?)?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let arch = oci_arch();
         nested
             .manifests
             .into_iter()
@@ -411,34 +805,21 @@ impl ImageStore {
                     ));
                 }
             };
-            let staging = self.staging()?;
-            let rootfs = staging.join("rootfs");
-            fs::create_dir_all(&rootfs).map_err(io_err("creating the root file system"))?;
-            for layer in &manifest.layers {
-                apply_layer(&safe_join(dir, layer)?, &rootfs)?;
+            let mut build = self.build()?;
+            let diff_ids = config.diff_ids(manifest.layers.len());
+            for (i, layer) in manifest.layers.iter().enumerate() {
+                build.add(
+                    &safe_join(dir, layer)?,
+                    None,
+                    diff_ids.get(i).map(String::as_str),
+                )?;
             }
-            for (i, n) in names.iter().enumerate() {
-                if i + 1 < names.len() {
-                    let copy = staging.join(format!("copy{i}"));
-                    copy_tree(&rootfs, &copy)?;
-                    out.push(self.commit(
-                        n,
-                        &id,
-                        config.config.clone().into(),
-                        &copy,
-                        &source.display().to_string(),
-                    )?);
-                } else {
-                    out.push(self.commit(
-                        n,
-                        &id,
-                        config.config.clone().into(),
-                        &rootfs,
-                        &source.display().to_string(),
-                    )?);
-                }
-            }
-            let _ = fs::remove_dir_all(&staging);
+            out.extend(build.commit(
+                &names,
+                &id,
+                config.config.into(),
+                &source.display().to_string(),
+            )?);
         }
         Ok(out)
     }
@@ -493,6 +874,33 @@ struct DockerManifest {
 struct ImageConfigFile {
     #[serde(default)]
     config: RawConfig,
+    #[serde(default)]
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+impl ImageConfigFile {
+    /// The diff ids of the layers, when the config lists as many as the manifest (otherwise
+    /// the layers are checked against their blob digests only).
+    fn diff_ids(&self, layers: usize) -> Vec<String> {
+        match &self.rootfs {
+            Some(r) if r.diff_ids.len() == layers => r.diff_ids.clone(),
+            Some(r) => {
+                tracing::warn!(
+                    listed = r.diff_ids.len(),
+                    layers,
+                    "the image config lists a different number of layers than the manifest"
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -535,18 +943,16 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// The path of a blob, after checking its content against its digest.
 fn verified_blob(dir: &Path, digest: &str) -> Result<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    let hex = layer::digest_hex(digest)
         .ok_or_else(|| invalid(dir, format!("unsupported digest `{digest}` (only sha256)")))?;
     let path = dir.join("blobs/sha256").join(hex);
-    let mut file = File::open(&path).map_err(io_err(format!(
-        "blob {digest} is missing ({})",
-        path.display()
-    )))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(io_err(format!("reading {}", path.display())))?;
-    if hex::encode(hasher.finalize()) != hex {
+    if !path.exists() {
+        return Err(invalid(
+            &path,
+            format!("blob {digest} is missing; the image is incomplete"),
+        ));
+    }
+    if layer::file_digest(&path)? != digest {
         return Err(ImageError::Digest {
             path: path.display().to_string(),
             digest: digest.to_owned(),
@@ -570,132 +976,11 @@ fn safe_join(dir: &Path, relative: &str) -> Result<PathBuf> {
 }
 
 fn unpack_plain_tar(source: &Path, target: &Path) -> Result<()> {
-    let reader = open_maybe_gzip(source)?;
+    let reader = layer::open_decompressed(source)?;
     let mut archive = tar::Archive::new(reader);
     archive
         .unpack(target)
         .map_err(|e| invalid(source, format!("not a readable tar archive ({e})")))
-}
-
-fn open_maybe_gzip(path: &Path) -> Result<Box<dyn Read>> {
-    let mut file =
-        BufReader::new(File::open(path).map_err(io_err(format!("opening {}", path.display())))?);
-    let mut magic = [0u8; 2];
-    let n = file
-        .read(&mut magic)
-        .map_err(io_err(format!("reading {}", path.display())))?;
-    let head = io::Cursor::new(magic[..n].to_vec()).chain(file);
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::read::GzDecoder::new(head)))
-    } else {
-        Ok(Box::new(head))
-    }
-}
-
-/// Applies one layer (a tar, optionally gzipped) onto `rootfs`, honouring whiteouts.
-pub fn apply_layer(layer: &Path, rootfs: &Path) -> Result<()> {
-    let mut archive = tar::Archive::new(open_maybe_gzip(layer)?);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(false);
-    let entries = archive
-        .entries()
-        .map_err(|e| invalid(layer, format!("not a tar layer ({e})")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| invalid(layer, format!("damaged tar entry ({e})")))?;
-        let path = entry
-            .path()
-            .map_err(|e| invalid(layer, format!("bad path ({e})")))?
-            .into_owned();
-        if path.components().any(|c| {
-            matches!(
-                c,
-                Component::ParentDir | Component::RootDir | Component::Prefix(_)
-            )
-        }) {
-            return Err(invalid(
-                layer,
-                format!(
-                    "entry `{}` points outside the root file system",
-                    path.display()
-                ),
-            ));
-        }
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if file_name == ".wh..wh..opq" {
-            let dir = rootfs.join(&parent);
-            if let Ok(children) = fs::read_dir(&dir) {
-                for child in children.flatten() {
-                    remove_any(&child.path());
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            remove_any(&rootfs.join(&parent).join(hidden));
-            continue;
-        }
-        let target = rootfs.join(&path);
-        if let Ok(existing) = fs::symlink_metadata(&target) {
-            let replacing_dir_with_dir = existing.is_dir() && entry.header().entry_type().is_dir();
-            if !replacing_dir_with_dir {
-                remove_any(&target);
-            }
-        }
-        entry
-            .unpack_in(rootfs)
-            .map_err(|e| invalid(layer, format!("cannot unpack `{}` ({e})", path.display())))?;
-    }
-    Ok(())
-}
-
-fn remove_any(path: &Path) {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            let _ = fs::remove_dir_all(path);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(path);
-        }
-        Err(_) => {}
-    }
-}
-
-/// Copies a directory tree, keeping symlinks and permissions.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(from).map_err(io_err(format!("reading {}", from.display())))?;
-    if meta.file_type().is_symlink() {
-        let link = fs::read_link(from).map_err(io_err(format!("reading {}", from.display())))?;
-        return std::os::unix::fs::symlink(link, to)
-            .map_err(io_err(format!("creating {}", to.display())));
-    }
-    if meta.is_dir() {
-        fs::create_dir_all(to).map_err(io_err(format!("creating {}", to.display())))?;
-        for entry in fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
-            let entry = entry.map_err(io_err("reading a directory"))?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        }
-        fs::set_permissions(to, meta.permissions())
-            .map_err(io_err(format!("setting permissions of {}", to.display())))?;
-        return Ok(());
-    }
-    fs::copy(from, to).map_err(io_err(format!("copying {}", from.display())))?;
-    Ok(())
-}
-
-fn tree_size(path: &Path) -> u64 {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::read_dir(path)
-            .map(|entries| entries.flatten().map(|e| tree_size(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,15 @@ fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// Unmounts the store's root file systems when a test ends, even by a panic.
+struct Unmount<'a>(&'a ImageStore);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        self.0.unmount_all().unwrap();
+    }
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
@@ -135,6 +144,7 @@ fn oci_layout(dir: &Path, ref_name: &str) -> std::path::PathBuf {
 fn docker_archives_import_with_their_tags_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("store")).unwrap();
+    let _unmount = Unmount(&store);
     let records = store
         .import(&docker_archive(dir.path()), None, None)
         .unwrap();
@@ -146,7 +156,7 @@ fn docker_archives_import_with_their_tags_and_config() {
     assert_eq!(record.config.working_dir, "/srv");
     assert_eq!(record.config.exposed_ports, ["8080/tcp"]);
     assert_eq!(record.id, format!("sha256:{}", sha(CONFIG.as_bytes())));
-    check_rootfs(&store.rootfs(record));
+    check_rootfs(&store.rootfs(record).unwrap());
     assert_eq!(store.get("localhost/app:v1").unwrap(), *record);
 }
 
@@ -154,10 +164,11 @@ fn docker_archives_import_with_their_tags_and_config() {
 fn oci_layouts_and_archives_import_and_are_verified() {
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("store")).unwrap();
+    let _unmount = Unmount(&store);
     let layout = oci_layout(dir.path(), "localhost/oci-app:1.0");
     let record = store.import(&layout, None, None).unwrap().remove(0);
     assert_eq!(record.name, "localhost/oci-app:1.0");
-    check_rootfs(&store.rootfs(&record));
+    check_rootfs(&store.rootfs(&record).unwrap());
 
     let archive = dir.path().join("oci.tar");
     let mut builder = tar::Builder::new(fs::File::create(&archive).unwrap());
@@ -168,7 +179,7 @@ fn oci_layouts_and_archives_import_and_are_verified() {
         .unwrap()
         .remove(0);
     assert_eq!(renamed.name, "demo:latest");
-    check_rootfs(&store.rootfs(&renamed));
+    check_rootfs(&store.rootfs(&renamed).unwrap());
 
     // Damage one layer blob: the import names the blob and refuses.
     let blobs = layout.join("blobs/sha256");
@@ -190,6 +201,7 @@ fn oci_layouts_and_archives_import_and_are_verified() {
 fn root_file_system_directories_import_list_and_remove() {
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("store")).unwrap();
+    let _unmount = Unmount(&store);
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("bin")).unwrap();
     fs::write(src.join("bin/tool"), b"x").unwrap();
@@ -205,7 +217,7 @@ fn root_file_system_directories_import_list_and_remove() {
         .unwrap()
         .remove(0);
     assert_eq!(record.name, "localhost/tool:latest");
-    let root = store.rootfs(&record);
+    let root = store.rootfs(&record).unwrap();
     assert_eq!(
         fs::read_link(root.join("bin/alias")).unwrap(),
         Path::new("tool")
@@ -222,6 +234,7 @@ fn root_file_system_directories_import_list_and_remove() {
 fn hostile_and_unknown_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("store")).unwrap();
+    let _unmount = Unmount(&store);
     let not_image = dir.path().join("plain.tar");
     fs::write(&not_image, layer(&[("hello.txt", Some(b"hi"))])).unwrap();
     let err = store.import(&not_image, Some("x"), None).unwrap_err();

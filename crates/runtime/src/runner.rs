@@ -503,7 +503,7 @@ impl PodRunner {
         });
         Ok(ContainerSpec {
             id: plan::container_id(&sandbox_id, &c.name),
-            rootfs: self.images.rootfs(&image),
+            rootfs: self.images.rootfs(&image)?,
             args: process.args,
             env: process.env,
             cwd: process.cwd,
@@ -630,7 +630,7 @@ impl PodRunner {
         let image = self
             .images
             .get(container.image.as_deref().unwrap_or_default())?;
-        let image_root = self.images.rootfs(&image);
+        let image_root = self.images.rootfs(&image)?;
         let id = running.container_id(Some(name))?;
         let busybox = format!("{HELPER_DIR}/busybox");
         let run = async |args: Vec<String>, what: &str| {
