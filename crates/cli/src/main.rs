@@ -150,7 +150,7 @@ enum Command {
         agent: node_cmd::AgentArgs,
     },
     /// Manage the node's local images: import OCI layouts, OCI or Docker archives, or root file
-    /// system directories; list; remove.
+    /// system directories; pull from a registry; list; remove.
     Image {
         #[command(subcommand)]
         command: image_cmd::ImageCommand,

@@ -176,3 +176,57 @@ fn help_explains_every_command() {
         assert!(text.contains(command), "{command}");
     }
 }
+
+#[test]
+fn images_import_list_pull_errors_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::write(rootfs.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+    let rootfs = rootfs.to_str().unwrap();
+
+    let out = podsnap(&[
+        "image",
+        "import",
+        rootfs,
+        "--name",
+        "localhost/tool",
+        "--cmd",
+        "/bin/tool",
+        "--store",
+        store,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("imported localhost/tool:latest"));
+
+    let out = podsnap(&["image", "ls", "--store", store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("LAYERS"), "{text}");
+    assert!(text.contains("localhost/tool:latest"), "{text}");
+
+    // Nothing listens on port 9 of 127.0.0.1: the error names the registry and what to check.
+    let out = podsnap(&[
+        "image",
+        "pull",
+        "127.0.0.1:9/team/app:v1",
+        "--insecure",
+        "--store",
+        store,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach the registry 127.0.0.1:9"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = podsnap(&["image", "rm", "localhost/tool", "--store", store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = podsnap(&["image", "ls", "--store", store]);
+    assert!(!stdout(&out).contains("localhost/tool"));
+    let layers = std::fs::read_dir(dir.path().join("store/layers/sha256")).unwrap();
+    assert_eq!(layers.count(), 0, "its layer is gone");
+}
