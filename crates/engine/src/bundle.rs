@@ -49,7 +49,9 @@ pub fn config_json(spec: &ContainerSpec, sandbox_id: &str, role: Role, network: 
     ];
     match network {
         Network::Loopback => namespaces.push(json!({"type": "network"})),
-        Network::Namespace(path) => namespaces.push(json!({"type": "network", "path": path})),
+        Network::Namespace(path) | Network::Netstack(path) => {
+            namespaces.push(json!({"type": "network", "path": path}))
+        }
         Network::Host => {}
     }
     let mut annotations: serde_json::Map<String, Value> = spec

@@ -115,6 +115,27 @@ struct Record {
     netns: Option<PathBuf>,
     #[serde(default)]
     log_file: Option<PathBuf>,
+    /// The sandbox uses gVisor's netstack inside `netns` rather than the host stack there.
+    #[serde(default)]
+    netstack: bool,
+    /// The sandbox uses the host's network stack (`hostNetwork: true`).
+    #[serde(default)]
+    host_network: bool,
+}
+
+impl Record {
+    /// runsc's `--network` for commands about this container. It must match the sandbox's:
+    /// `runsc start` with `none` for a sandbox on the host's stack fails ("creating default
+    /// loopback interface: … unknown method").
+    fn network_flag(&self) -> &'static str {
+        if self.netstack {
+            "sandbox"
+        } else if self.netns.is_some() || self.host_network {
+            "host"
+        } else {
+            "none"
+        }
+    }
 }
 
 /// The gvisor engine.
@@ -234,7 +255,7 @@ impl GvisorEngine {
     fn command_for(&self, container_id: &str) -> Command {
         let record = self.read_record(container_id);
         let netns = record.as_ref().and_then(|r| r.netns.clone());
-        let network = if netns.is_some() { "host" } else { "none" };
+        let network = record.as_ref().map_or("none", Record::network_flag);
         self.runsc(netns.as_deref(), network)
     }
 
@@ -248,25 +269,25 @@ impl GvisorEngine {
     ) -> Result<()> {
         let bundles = self.config.state_dir.join("bundles");
         let bundle = write_bundle(&bundles, spec, sandbox_id, role, network)?;
+        let sandbox_record = match role {
+            Role::Member => self.read_record(sandbox_id),
+            Role::Root => None,
+        };
         let netns = match network {
-            Network::Namespace(path) => Some(path.clone()),
-            _ => match role {
-                Role::Member => self.read_record(sandbox_id).and_then(|r| r.netns),
-                Role::Root => None,
-            },
+            Network::Namespace(path) | Network::Netstack(path) => Some(path.clone()),
+            _ => sandbox_record.as_ref().and_then(|r| r.netns.clone()),
         };
-        let network_flag = match (network, &netns) {
-            (Network::Host, _) | (_, Some(_)) => "host",
-            _ => "none",
+        let record = Record {
+            sandbox: sandbox_id.to_owned(),
+            netns: netns.clone(),
+            log_file: Some(spec.log_file.clone()),
+            netstack: matches!(network, Network::Netstack(_))
+                || sandbox_record.as_ref().is_some_and(|r| r.netstack),
+            host_network: matches!(network, Network::Host)
+                || sandbox_record.as_ref().is_some_and(|r| r.host_network),
         };
-        self.write_record(
-            &spec.id,
-            &Record {
-                sandbox: sandbox_id.to_owned(),
-                netns: netns.clone(),
-                log_file: Some(spec.log_file.clone()),
-            },
-        )?;
+        let network_flag = record.network_flag();
+        self.write_record(&spec.id, &record)?;
         let action = if restore_from.is_some() {
             "restore"
         } else {
@@ -501,6 +522,11 @@ impl Engine for GvisorEngine {
     async fn start_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<()> {
         let network = match self.read_record(sandbox_id) {
             Some(Record {
+                netns: Some(ns),
+                netstack: true,
+                ..
+            }) => Network::Netstack(ns),
+            Some(Record {
                 netns: Some(ns), ..
             }) => Network::Namespace(ns),
             Some(_) => Network::Loopback,
@@ -668,6 +694,14 @@ impl Engine for GvisorEngine {
         let record = self
             .read_record(sandbox_id)
             .ok_or_else(|| EngineError::NotFound(sandbox_id.to_owned()))?;
+        if record.host_network || (record.netns.is_some() && !record.netstack) {
+            return Err(EngineError::Unsupported(
+                "runsc cannot checkpoint a sandbox on a host network stack (hostNetwork: true); \
+                 remove hostNetwork from the Pod (its ports stay reachable through its Pod IP) \
+                 or do not select it with a PodSnapshotPolicy"
+                    .into(),
+            ));
+        }
         let mut cmd = self.command_for(sandbox_id);
         cmd.arg("checkpoint")
             .arg(format!("--image-path={}", image_dir.display()))
@@ -700,12 +734,7 @@ impl Engine for GvisorEngine {
                 .log_file
                 .clone()
                 .unwrap_or_else(|| self.config.state_dir.join(format!("{sandbox_id}.log")));
-            let network = if record.netns.is_some() {
-                "host"
-            } else {
-                "none"
-            };
-            let mut cmd = self.runsc(record.netns.as_deref(), network);
+            let mut cmd = self.runsc(record.netns.as_deref(), record.network_flag());
             cmd.arg("restore")
                 .arg(format!("--image-path={}", image_dir.display()))
                 .arg("--detach")
@@ -735,6 +764,54 @@ impl Engine for GvisorEngine {
         }
         self.create_and_start(sandbox_id, root, Role::Root, network, Some(image_dir))
             .await
+    }
+
+    async fn probe_netstack(&self, netns: &Path, rootfs: &Path) -> bool {
+        let id = format!("podsnap-netstack-probe-{}", std::process::id());
+        let spec = ContainerSpec {
+            id: id.clone(),
+            rootfs: rootfs.to_path_buf(),
+            args: vec!["/bin/busybox".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: (0, 0),
+            hostname: "probe".into(),
+            mounts: Vec::new(),
+            log_file: self.config.state_dir.join(format!("{id}.log")),
+            annotations: Default::default(),
+        };
+        let bundles = self.config.state_dir.join("bundles");
+        let network = Network::Netstack(netns.to_path_buf());
+        let Ok(bundle) = write_bundle(&bundles, &spec, &id, Role::Root, &network) else {
+            return false;
+        };
+        let mut cmd = self.runsc(Some(netns), "sandbox");
+        cmd.arg("run")
+            .arg(format!("--bundle={}", bundle.display()))
+            .arg(&id)
+            .kill_on_drop(true);
+        let limit = std::time::Duration::from_secs(30);
+        let outcome = tokio::time::timeout(
+            limit,
+            self.run_with_log(&mut cmd, &spec.log_file, "run", &id),
+        )
+        .await;
+        let works = matches!(outcome, Ok(Ok(())));
+        if !works {
+            tracing::info!(
+                log = %log_tail(&spec.log_file),
+                "runsc's netstack does not start here: Pods get their IP through a relay"
+            );
+        }
+        let _ = self
+            .runsc(Some(netns), "sandbox")
+            .args(["delete", "--force", &id])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        let _ = std::fs::remove_dir_all(&bundle);
+        let _ = std::fs::remove_file(&spec.log_file);
+        works
     }
 
     async fn list(&self) -> Result<Vec<String>> {

@@ -38,8 +38,13 @@ pub enum Network {
     Loopback,
     /// The host's network stack (`hostNetwork: true`); runsc cannot checkpoint it.
     Host,
-    /// An existing network namespace (a Pod IP), by path, e.g. `/var/run/netns/pod-x`.
+    /// An existing network namespace (a Pod IP), by path, e.g. `/var/run/netns/pod-x`, used
+    /// through the host's network stack inside it (runsc cannot checkpoint that).
     Namespace(PathBuf),
+    /// An existing network namespace, by path, used through the engine's own network stack
+    /// (gVisor's netstack): the Pod IP without a host socket in the sandbox, so it checkpoints.
+    /// Only where [`Engine::probe_netstack`] says that stack works.
+    Netstack(PathBuf),
 }
 
 /// A bind or tmpfs mount inside a container.
@@ -246,4 +251,11 @@ pub trait Engine: Send + Sync {
 
     /// Ids of every container the engine knows on this node (for cleanup after a crash).
     async fn list(&self) -> Result<Vec<String>>;
+
+    /// Whether a sandbox runs with the engine's own network stack inside the fresh network
+    /// namespace `netns` ([`Network::Netstack`]); `rootfs` holds a static busybox at
+    /// `/bin/busybox` for a trial run. Engines without such a stack answer `false`.
+    async fn probe_netstack(&self, _netns: &std::path::Path, _rootfs: &std::path::Path) -> bool {
+        false
+    }
 }
