@@ -118,18 +118,46 @@ pub struct Controller {
 /// A Pod's namespace and name.
 type PodKey = (String, String);
 
-/// The hostPort mappings of a running Pod.
+/// The relays a running Pod needs: its hostPorts on the host's loopback (Pods on the host's
+/// network listen there themselves), and, when its sandbox has only its loopback, its TCP
+/// container ports at its Pod IP.
 fn port_mappings(tracked: &Tracked) -> Vec<crate::relay::PortMapping> {
+    use crate::relay::{Listen, PortMapping};
+    let host_network = podsnap_runtime::runner::host_network(&tracked.pod);
+    let relay_netns = tracked
+        .running
+        .network
+        .as_ref()
+        .filter(|n| n.mode == podsnap_runtime::network::PodNetworkMode::Relay)
+        .map(|n| n.netns.clone());
+    let mut pod_ports = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for c in tracked.pod.spec.iter().flat_map(|s| s.containers.iter()) {
         let Ok(id) = tracked.running.container_id(Some(&c.name)) else {
             continue;
         };
         for port in c.ports.iter().flatten() {
-            if let Some(host_port) = port.host_port.filter(|p| *p > 0) {
-                out.push(crate::relay::PortMapping {
-                    host_port: host_port as u16,
-                    container_port: port.container_port as u16,
+            let container_port = port.container_port as u16;
+            if let Some(host_port) = port.host_port.filter(|p| *p > 0)
+                && !host_network
+            {
+                out.push(PortMapping {
+                    listen: Listen::HostLoopback(host_port as u16),
+                    container_port,
+                    container_id: id.to_owned(),
+                });
+            }
+            let tcp = port.protocol.as_deref().unwrap_or("TCP") == "TCP";
+            if let Some(netns) = &relay_netns
+                && tcp
+                && pod_ports.insert(container_port)
+            {
+                out.push(PortMapping {
+                    listen: Listen::PodNamespace {
+                        netns: netns.clone(),
+                        port: container_port,
+                    },
+                    container_port,
                     container_id: id.to_owned(),
                 });
             }
@@ -206,6 +234,7 @@ impl Controller {
         let existing = engine.list().await.unwrap_or_default();
         let pods = self.store.list("Pod", None).unwrap_or_default();
         let mut keep = Vec::new();
+        let mut keep_sandboxes = std::collections::HashSet::new();
         for value in pods {
             let Ok(pod) = serde_json::from_value::<Pod>(value.clone()) else {
                 continue;
@@ -219,6 +248,7 @@ impl Controller {
             }
             let containers = podsnap_runtime::runner::container_ids(&pod, &sandbox);
             keep.push(sandbox.clone());
+            keep_sandboxes.insert(sandbox.clone());
             keep.extend(containers.iter().map(|(_, id)| id.clone()));
             let dir = self.runner.pod_dir(&sandbox);
             let started_at = value["status"]["startTime"]
@@ -226,20 +256,27 @@ impl Controller {
                 .map(str::to_owned)
                 .unwrap_or_else(now);
             tracing::info!(namespace, name, "adopted a running Pod");
+            let network = self.runner.recorded_network(&sandbox);
             let running = RunningPod {
                 sandbox_id: sandbox,
                 containers,
                 dir,
+                network,
             };
             let tracked = Tracked::new(uid, pod, running, started_at);
             self.watch_containers(&namespace, &name, &tracked).await;
             self.probe_containers(&namespace, &name, &tracked);
             let mappings = port_mappings(&tracked);
-            if let Ok(handles) = crate::relay::start(self.runner.engine().clone(), mappings).await {
-                self.relays
-                    .lock()
-                    .await
-                    .insert((namespace.clone(), name.clone()), handles);
+            match crate::relay::start(self.runner.engine().clone(), mappings).await {
+                Ok(handles) => {
+                    self.relays
+                        .lock()
+                        .await
+                        .insert((namespace.clone(), name.clone()), handles);
+                }
+                Err(message) => {
+                    self.pod_event("Warning", "PortConflict", &namespace, &name, &message)
+                }
             }
             self.pods.lock().await.insert((namespace, name), tracked);
         }
@@ -248,6 +285,12 @@ impl Controller {
                 tracing::info!(id, "removing a sandbox no Pod owns");
                 let _ = engine.delete(id).await;
             }
+        }
+        // Networks (namespaces, address leases) of Pods that are gone or no longer run; the
+        // Pods that run keep theirs.
+        let removed = self.runner.cleanup_networks(&keep_sandboxes).await;
+        if removed > 0 {
+            tracing::info!(removed, "removed Pod networks left from before the restart");
         }
     }
 
@@ -793,7 +836,8 @@ impl Controller {
         let status = json!({
             "phase": phase,
             "startTime": tracked.started_at,
-            "podIP": "127.0.0.1",
+            "podIP": tracked.running.pod_ip(),
+            "podIPs": [{"ip": tracked.running.pod_ip()}],
             "conditions": conditions,
             "containerStatuses": statuses,
         });

@@ -28,6 +28,32 @@ pub struct ServeArgs {
     /// The API socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Pod networks: `auto` gives each Pod its own network namespace and IP when the CNI
+    /// plugins are installed and the agent runs as root, `cni` requires that, `none` leaves
+    /// Pods on their loopback (ports through hostPort relays only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pod_network: PodNetworkArg,
+    /// The Pods' subnet (IPv4 CIDR); the bridge takes its first address.
+    #[arg(long, default_value = podsnap_runtime::network::DEFAULT_SUBNET)]
+    pod_subnet: String,
+    /// The bridge device Pods attach to.
+    #[arg(long, default_value = podsnap_runtime::network::DEFAULT_BRIDGE)]
+    pod_bridge: String,
+    /// Where the CNI plugins are (default: the first of /usr/lib/cni, /opt/cni/bin and
+    /// /usr/libexec/cni that has them).
+    #[arg(long)]
+    cni_plugin_dir: Option<PathBuf>,
+}
+
+/// Values of `--pod-network`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum PodNetworkArg {
+    /// Pod networks where possible.
+    Auto,
+    /// Pod networks, or the agent does not start.
+    Cni,
+    /// No Pod networks.
+    None,
 }
 
 /// How to reach the agent.
@@ -65,7 +91,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     ))
     .await?;
     let images = podsnap_image::ImageStore::open(&args.images)?;
-    let runner = podsnap_runtime::PodRunner::new(Arc::new(engine), images, &args.state_dir)?;
+    let mut runner = podsnap_runtime::PodRunner::new(Arc::new(engine), images, &args.state_dir)?;
+    let settings = podsnap_runtime::network::NetworkSettings {
+        setting: match args.pod_network {
+            PodNetworkArg::Auto => podsnap_runtime::network::NetworkSetting::Auto,
+            PodNetworkArg::Cni => podsnap_runtime::network::NetworkSetting::Cni,
+            PodNetworkArg::None => podsnap_runtime::network::NetworkSetting::None,
+        },
+        subnet: args.pod_subnet.clone(),
+        bridge: args.pod_bridge.clone(),
+        plugin_dir: args.cni_plugin_dir.clone(),
+    };
+    runner.enable_networks(&args.state_dir, &settings).await?;
     let controller =
         podsnap_agent::controller::Controller::new(store.clone(), runner, &args.state_dir);
     let api = podsnap_agent::api::Api::new(store, controller.clone());

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network};
 use podsnap_image::{ImageError, ImageStore};
 
+use crate::network::{self, NetworkError, PodNetwork, PodNetworkMode, PodNetworks};
 use crate::plan::{self, PlanError, PodFields};
 use crate::rootfs;
 
@@ -24,6 +25,9 @@ pub enum RuntimeError {
     /// The engine failed.
     #[error("{0}")]
     Engine(#[from] EngineError),
+    /// The Pod's network could not be set up.
+    #[error("setting up the Pod's network failed: {0}")]
+    Network(#[from] NetworkError),
     /// An init container failed.
     #[error(
         "init container {container} exited with code {exit_code}; the Pod does not start. Its log ends with: {log_tail}"
@@ -70,9 +74,18 @@ pub struct RunningPod {
     pub containers: Vec<(String, String)>,
     /// The Pod's directory on the node (logs, volumes).
     pub dir: PathBuf,
+    /// Its own network namespace and IP, when it has them.
+    pub network: Option<PodNetwork>,
 }
 
 impl RunningPod {
+    /// The Pod's IP (`status.podIP`): its own, or `127.0.0.1` when it has none.
+    pub fn pod_ip(&self) -> String {
+        self.network
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".into(), PodNetwork::pod_ip)
+    }
+
     /// The engine id of container `name`, or of the first container when `None`.
     pub fn container_id(&self, name: Option<&str>) -> Result<&str> {
         match name {
@@ -188,11 +201,19 @@ pub fn container_ids(pod: &Pod, sandbox_id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn network_of(pod: &Pod) -> Network {
-    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-        Network::Host
-    } else {
-        Network::Loopback
+/// Whether the Pod asks for the host's network.
+pub fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
+/// How the engine networks a Pod's sandbox.
+fn engine_network(pod: &Pod, net: Option<&PodNetwork>) -> Network {
+    if host_network(pod) {
+        return Network::Host;
+    }
+    match net {
+        Some(n) if n.mode == PodNetworkMode::Netstack => Network::Netstack(n.netns.clone()),
+        _ => Network::Loopback,
     }
 }
 
@@ -203,6 +224,7 @@ pub struct PodRunner {
     images: ImageStore,
     pods_dir: PathBuf,
     pause_rootfs: PathBuf,
+    networks: Option<Arc<PodNetworks>>,
 }
 
 impl PodRunner {
@@ -235,7 +257,71 @@ impl PodRunner {
             images,
             pods_dir,
             pause_rootfs,
+            networks: None,
         })
+    }
+
+    /// Gives Pods their own network namespaces and IPs as `settings` say (kept under
+    /// `state_dir/network`), and asks the engine whether its netstack works here (else Pod
+    /// ports are relayed). Without plugins or root, [`network::NetworkSetting::Auto`] leaves
+    /// Pods on their loopback.
+    pub async fn enable_networks(
+        &mut self,
+        state_dir: &Path,
+        settings: &network::NetworkSettings,
+    ) -> Result<()> {
+        let Some(mut networks) = PodNetworks::open(state_dir, settings)? else {
+            return Ok(());
+        };
+        let netstack = networks
+            .probe_netstack(self.engine.as_ref(), &self.pause_rootfs)
+            .await;
+        tracing::info!(
+            netstack,
+            "Pod ports are reached {}",
+            if netstack {
+                "through the engine's netstack in each Pod's namespace"
+            } else {
+                "through relays in each Pod's namespace (the engine's netstack does not start here)"
+            }
+        );
+        networks.set_netstack(netstack);
+        self.networks = Some(Arc::new(networks));
+        Ok(())
+    }
+
+    /// The Pod networks, when on.
+    pub fn networks(&self) -> Option<&PodNetworks> {
+        self.networks.as_deref()
+    }
+
+    /// How `pod` is networked on this node.
+    pub fn network_mode(&self, pod: &Pod) -> PodNetworkMode {
+        network::network_mode(
+            host_network(pod),
+            self.networks.is_some(),
+            self.networks.as_ref().is_some_and(|n| n.netstack()),
+        )
+    }
+
+    /// The recorded network of sandbox `sandbox_id` (for Pods adopted after a restart).
+    pub fn recorded_network(&self, sandbox_id: &str) -> Option<PodNetwork> {
+        self.networks.as_ref()?.load(sandbox_id)
+    }
+
+    /// Removes the networks (namespaces, address leases) of every sandbox not in `keep`.
+    pub async fn cleanup_networks(&self, keep: &std::collections::HashSet<String>) -> usize {
+        match &self.networks {
+            Some(n) => n.cleanup(keep).await,
+            None => 0,
+        }
+    }
+
+    /// Removes the network of sandbox `sandbox_id`, if it has one.
+    async fn release_network(&self, sandbox_id: &str) {
+        if let Some(n) = &self.networks {
+            n.teardown(sandbox_id).await;
+        }
     }
 
     /// The directory of Pod `namespace/name` with uid `uid`.
@@ -284,11 +370,34 @@ impl PodRunner {
         image_dir: Option<&Path>,
         rootfs: &[String],
     ) -> Result<RunningPod> {
+        let (_, sandbox_id, _) = self.identity(pod, None);
+        let net = match (self.network_mode(pod), &self.networks) {
+            (PodNetworkMode::Netstack | PodNetworkMode::Relay, Some(networks)) => {
+                Some(networks.setup(&sandbox_id).await?)
+            }
+            _ => None,
+        };
+        let result = self
+            .start_sandbox(pod, image_dir, rootfs, net.as_ref())
+            .await;
+        if result.is_err() && net.is_some() {
+            self.release_network(&sandbox_id).await;
+        }
+        result
+    }
+
+    async fn start_sandbox(
+        &self,
+        pod: &Pod,
+        image_dir: Option<&Path>,
+        rootfs: &[String],
+        net: Option<&PodNetwork>,
+    ) -> Result<RunningPod> {
         let spec = pod.spec.as_ref().ok_or_else(|| PlanError {
             field: "spec".into(),
             problem: "the Pod has no spec".into(),
         })?;
-        let (fields, sandbox_id, dir) = self.identity(pod);
+        let (fields, sandbox_id, dir) = self.identity(pod, net);
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(io_err(format!("creating {}", dir.display())))?;
         for v in spec.volumes.iter().flatten() {
@@ -301,7 +410,7 @@ impl PodRunner {
         let annotations = runtime_annotations(pod);
         // Plan every container before starting anything, so a mistake starts nothing.
         let plan_container =
-            |list: &str, i: usize, c: &Container| self.container_spec(pod, list, i, c);
+            |list: &str, i: usize, c: &Container| self.container_spec(pod, net, list, i, c);
         let init: Vec<ContainerSpec> = spec
             .init_containers
             .iter()
@@ -325,7 +434,7 @@ impl PodRunner {
                 waiting.push((planned.id.clone(), status));
             }
         }
-        let network = network_of(pod);
+        let network = engine_network(pod, net);
         if is_solo(pod) {
             // One container and no init containers: the container is the sandbox's root, so
             // the sandbox checkpoints and restores as one (runsc here cannot checkpoint a
@@ -364,6 +473,7 @@ impl PodRunner {
                 containers: container_ids(pod, &sandbox_id),
                 sandbox_id,
                 dir,
+                network: net.cloned(),
             });
         }
         let pause = ContainerSpec {
@@ -426,17 +536,18 @@ impl PodRunner {
             containers: container_ids(pod, &sandbox_id),
             sandbox_id,
             dir,
+            network: net.cloned(),
         })
     }
 
-    /// The Pod's field values, sandbox id and directory.
-    fn identity(&self, pod: &Pod) -> (PodFields, String, PathBuf) {
+    /// The Pod's field values (with the IP of `net`), sandbox id and directory.
+    fn identity(&self, pod: &Pod, net: Option<&PodNetwork>) -> (PodFields, String, PathBuf) {
         let meta = &pod.metadata;
         let fields = PodFields {
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             uid: meta.uid.clone().unwrap_or_default(),
-            pod_ip: "127.0.0.1".into(),
+            pod_ip: net.map_or_else(|| "127.0.0.1".into(), PodNetwork::pod_ip),
             node_name: pod
                 .spec
                 .as_ref()
@@ -453,11 +564,12 @@ impl PodRunner {
     fn container_spec(
         &self,
         pod: &Pod,
+        net: Option<&PodNetwork>,
         list: &str,
         i: usize,
         c: &Container,
     ) -> Result<ContainerSpec> {
-        let (fields, sandbox_id, dir) = self.identity(pod);
+        let (fields, sandbox_id, dir) = self.identity(pod, net);
         let field = format!("spec.{list}[{i}]");
         let image = self.images.get(c.image.as_deref().unwrap_or_default())?;
         let process = plan::process(&field, pod, c, &image.config, &fields)?;
@@ -533,14 +645,15 @@ impl PodRunner {
             .enumerate()
             .find(|(_, c)| c.name == name)
             .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
-        let mut container = self.container_spec(pod, "containers", i, c)?;
+        let net = running.network.as_ref();
+        let mut container = self.container_spec(pod, net, "containers", i, c)?;
         if is_solo(pod) {
             // The container is the sandbox: start the sandbox again.
             container.id = running.sandbox_id.clone();
             self.record_exit_code(&mut container, &running.dir, name);
             self.engine.delete(&container.id).await?;
             self.engine
-                .create_sandbox(&running.sandbox_id, &container, &network_of(pod))
+                .create_sandbox(&running.sandbox_id, &container, &engine_network(pod, net))
                 .await?;
         } else {
             self.engine.delete(&container.id).await?;
@@ -588,7 +701,7 @@ impl PodRunner {
     /// Where the agent puts container `name`'s root-file-system changes (archive, deletion
     /// list) before [`PodRunner::start_with_rootfs`].
     pub fn rootfs_restore_files(&self, pod: &Pod, name: &str) -> Result<(PathBuf, PathBuf)> {
-        let (_, _, dir) = self.identity(pod);
+        let (_, _, dir) = self.identity(pod, None);
         let status = status_dir(&dir, name);
         std::fs::create_dir_all(&status).map_err(io_err("creating the status directory"))?;
         Ok((status.join(rootfs::ARCHIVE), status.join(rootfs::DELETED)))
@@ -699,7 +812,7 @@ impl PodRunner {
     }
 
     /// Stops a Pod: SIGTERM to every container, SIGKILL after `grace`, then removes the
-    /// containers and the sandbox.
+    /// containers, the sandbox and the Pod's network (its namespace and address).
     pub async fn stop(&self, pod: &RunningPod, grace: Duration) -> Result<()> {
         for (_, id) in &pod.containers {
             let _ = self.engine.kill(id, 15).await;
@@ -715,10 +828,20 @@ impl PodRunner {
                 }
             }
         }
+        let mut result = Ok(());
         for (_, id) in pod.containers.iter().rev() {
-            self.engine.delete(id).await?;
+            if let Err(e) = self.engine.delete(id).await {
+                result = Err(e.into());
+            }
         }
-        self.engine.delete(&pod.sandbox_id).await?;
-        Ok(())
+        if let Err(e) = self.engine.delete(&pod.sandbox_id).await {
+            result = Err(e.into());
+        }
+        if result.is_ok() {
+            // A sandbox that could not be removed keeps its network; the next start of the
+            // agent removes both.
+            self.release_network(&pod.sandbox_id).await;
+        }
+        result
     }
 }
