@@ -38,6 +38,8 @@ pub async fn start_agent_with_env(
         .arg(format!("--state-dir={}", dir.display()))
         .arg(format!("--images={}", dir.join("images").display()))
         .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--pod-subnet={}", test_pod_subnet(dir)))
+        .arg(format!("--pod-bridge={}", test_pod_bridge(dir)))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
         .spawn()
@@ -65,17 +67,60 @@ pub async fn start_agent_with_env(
     (agent, client, engine)
 }
 
+/// The bridge of the Pod network of the agent serving from `dir`: one per test subnet (the
+/// bridge plugin gives a bridge one subnet).
+pub fn test_pod_bridge(dir: &Path) -> String {
+    let subnet = test_pod_subnet(dir);
+    let n = subnet.split('.').nth(2).unwrap();
+    format!("podsnapt{n}")
+}
+
+/// The Pod subnet of the agent serving from `dir`: a /24 of 10.89.0.0/16 that no other test
+/// agent uses (a lock file held until this process ends), kept in `dir` so that a restarted
+/// agent gets the same one.
+pub fn test_pod_subnet(dir: &Path) -> String {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let kept = dir.join("test-pod-subnet");
+    if let Ok(subnet) = std::fs::read_to_string(&kept) {
+        return subnet;
+    }
+    let locks = Path::new("/tmp/podsnap-test-subnets");
+    std::fs::create_dir_all(locks).unwrap();
+    for n in 1..=254u8 {
+        let file = std::fs::File::create(locks.join(n.to_string())).unwrap();
+        if file.try_lock().is_ok() {
+            HELD.lock().unwrap().push(file);
+            let subnet = format!("10.89.{n}.0/24");
+            std::fs::write(&kept, &subnet).unwrap();
+            return subnet;
+        }
+    }
+    panic!("every test Pod subnet is in use");
+}
+
+/// Removes what a killed test agent leaves in its state directory: every sandbox, then the
+/// Pods' network namespaces.
+pub struct StateCleanup(pub std::path::PathBuf);
+
+impl Drop for StateCleanup {
+    fn drop(&mut self) {
+        drop(SandboxCleanup(self.0.join("engine")));
+        podsnap_runtime::network::remove_namespaces(&self.0);
+    }
+}
+
 /// A fresh directory with the busybox image imported and an agent serving from it, and a guard
-/// that removes every sandbox when the test ends (declared before the agent, so dropped after).
+/// that removes every sandbox and Pod network namespace when the test ends (declared before
+/// the agent, so dropped after).
 pub async fn busybox_agent() -> (
     tempfile::TempDir,
-    SandboxCleanup,
+    StateCleanup,
     Agent,
     Client,
     Arc<GvisorEngine>,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let cleanup = SandboxCleanup(dir.path().join("engine"));
+    let cleanup = StateCleanup(dir.path().to_path_buf());
     busybox_image(dir.path());
     let (agent, client, engine) = start_agent(dir.path()).await;
     (dir, cleanup, agent, client, engine)
