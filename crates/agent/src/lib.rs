@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod controller;
+pub mod images;
 pub mod metrics;
 pub mod progress;
 pub mod relay;

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub uploaded_bytes: Counter,
     /// Restores by outcome.
     pub restores: Family<Outcome, Counter>,
+    /// Checkpoint images of restores, by where they came from (`cached`, `assembled`).
+    pub restore_images: Family<Outcome, Counter>,
     /// Seconds to restore a Pod (fetch and engine restore).
     pub restore_seconds: Histogram,
     /// Pods started cold although a policy governs them, by reason.
@@ -43,6 +45,7 @@ impl Default for Metrics {
         let checkpoint_bytes = Counter::default();
         let uploaded_bytes = Counter::default();
         let restores = Family::<Outcome, Counter>::default();
+        let restore_images = Family::<Outcome, Counter>::default();
         let restore_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         let cold_starts = Family::<Outcome, Counter>::default();
         registry.register(
@@ -71,6 +74,11 @@ impl Default for Metrics {
             restores.clone(),
         );
         registry.register(
+            "restore_images",
+            "Checkpoint images of restores, by source: the node's cache or assembled from the repository",
+            restore_images.clone(),
+        );
+        registry.register(
             "restore_duration_seconds",
             "Time to fetch and restore a Pod",
             restore_seconds.clone(),
@@ -87,6 +95,7 @@ impl Default for Metrics {
             checkpoint_bytes,
             uploaded_bytes,
             restores,
+            restore_images,
             restore_seconds,
             cold_starts,
         }

@@ -22,6 +22,7 @@ use podsnap_runtime::RunningPod;
 use serde_json::{Value, json};
 
 use crate::controller::{Controller, object_key};
+use crate::images::{self, CacheOutcome, ImageCache, Upload};
 use crate::metrics::Metrics;
 use crate::progress::LogProgress;
 use crate::store::now;
@@ -35,6 +36,9 @@ const ROOTFS_DELETED: &str = "deleted";
 /// How often a failed checkpoint step (engine checkpoint, upload) is tried again; the pauses
 /// between attempts are 1 s, 2 s, 4 s, ….
 pub const CHECKPOINT_RETRIES: u32 = 2;
+
+/// Bytes of assembled checkpoint images kept on the node for further restores.
+pub const IMAGE_CACHE_BYTES: u64 = 20 << 30;
 
 fn typed<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
     values
@@ -138,6 +142,11 @@ impl Controller {
                 secret_ref.key
             )
         })
+    }
+
+    /// The node's cache of assembled checkpoint images.
+    fn image_cache(&self) -> ImageCache {
+        ImageCache::new(self.state_dir.join("image-cache"), IMAGE_CACHE_BYTES)
     }
 
     fn policies(&self, namespace: &str) -> Vec<PodSnapshotPolicy> {
@@ -271,6 +280,7 @@ impl Controller {
         for dir in ["checkpoints", "restores"] {
             let _ = std::fs::remove_dir_all(self.state_dir.join(dir));
         }
+        self.image_cache().remove_partial();
         let message = "the agent stopped while this snapshot was being taken; trigger a new one";
         for value in self.store.list("PodSnapshot", None).unwrap_or_default() {
             let awaiting = value["status"]["conditions"].as_array().is_some_and(|c| {
@@ -626,10 +636,11 @@ impl Controller {
         if let Some(t) = self.pods.lock().await.get(&key).cloned() {
             self.write_status(&namespace, &name, &t);
         }
+        let paths: std::collections::BTreeSet<&PathBuf> = files.iter().map(|u| &u.path).collect();
         self.metrics.checkpoint_bytes.inc_by(
-            files
+            paths
                 .iter()
-                .filter_map(|(_, path, _)| std::fs::metadata(path).ok())
+                .filter_map(|path| std::fs::metadata(path).ok())
                 .map(|m| m.len())
                 .sum(),
         );
@@ -648,14 +659,16 @@ impl Controller {
                     .await
                     .map_err(|e| format!("uploading the snapshot failed: {e}"))?;
                 let written = async {
-                    for (stream, path, chunking) in files_ref {
-                        let source = std::fs::File::open(path).map_err(|e| {
-                            podsnap_repo::RepoError::io(format!("reading {}", path.display()), e)
+                    for upload in files_ref {
+                        let (source, size) = upload.open().map_err(|e| {
+                            podsnap_repo::RepoError::io(
+                                format!("reading {}", upload.path.display()),
+                                e,
+                            )
                         })?;
-                        let size = source.metadata().ok().map(|m| m.len());
                         let progress = LogProgress::new(format!("snapshot {snapshot} upload"));
                         writer
-                            .add_stream(stream, *chunking, source, size, &progress)
+                            .add_stream(&upload.stream, upload.chunking, source, size, &progress)
                             .await?;
                     }
                     Ok::<_, podsnap_repo::RepoError>(())
@@ -674,8 +687,8 @@ impl Controller {
             })
             .await;
         let _ = std::fs::remove_dir_all(&image_dir);
-        for (_, path, _) in &files {
-            let _ = std::fs::remove_file(path);
+        for upload in &files {
+            let _ = std::fs::remove_file(&upload.path);
         }
         uploaded
     }
@@ -690,7 +703,7 @@ impl Controller {
         resume: bool,
         snapshot: &str,
         retries: &mut u32,
-    ) -> Result<Vec<(String, PathBuf, Chunking)>, String> {
+    ) -> Result<Vec<Upload>, String> {
         let (pod, running) = (&tracked.pod, &tracked.running);
         let engine = self.runner.engine().clone();
         let engine = &engine;
@@ -737,17 +750,7 @@ impl Controller {
                 }
             }
         }
-        Ok(image
-            .files
-            .iter()
-            .map(|(file, _)| {
-                (
-                    format!("gvisor/{}", file.to_ascii_lowercase()),
-                    image_dir.join(file),
-                    Chunking::MEMORY,
-                )
-            })
-            .collect())
+        Ok(images::gvisor_uploads(&image.dir, &image.files))
     }
 
     /// Captures the root-file-system changes of every container of the Pod (retried); the
@@ -760,7 +763,7 @@ impl Controller {
         resume: bool,
         snapshot: &str,
         retries: &mut u32,
-    ) -> Result<Vec<(String, PathBuf, Chunking)>, String> {
+    ) -> Result<Vec<Upload>, String> {
         let (pod, running) = (&tracked.pod, &tracked.running);
         let names: Vec<String> = pod
             .spec
@@ -778,12 +781,12 @@ impl Controller {
                         .capture_rootfs(pod, running, name)
                         .await
                         .map_err(|e| format!("capturing the root file system failed: {e}"))?;
-                    files.push((
+                    files.push(Upload::plain(
                         format!("{ROOTFS_PREFIX}{name}/{ROOTFS_ARCHIVE}"),
                         captured.archive.clone(),
                         Chunking::FILES,
                     ));
-                    files.push((
+                    files.push(Upload::plain(
                         format!("{ROOTFS_PREFIX}{name}/{ROOTFS_DELETED}"),
                         captured.deleted.clone(),
                         Chunking::FILES,
@@ -916,20 +919,25 @@ impl Controller {
             if !podsnap_runtime::runner::is_solo(pod) {
                 return Err("the Pod has several containers; the gvisor engine here restores the whole of single-container Pods only".to_owned());
             }
-            std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
-            for stream in &opened.manifest().streams {
-                let Some(file) = stream.name.strip_prefix("gvisor/") else {
-                    continue;
-                };
-                opened
-                    .read_stream_to_file(
-                        &stream.name,
-                        &image_dir.join(file),
-                        &LogProgress::new(format!("snapshot {snapshot_name} download")),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
+            if !images::has_gvisor_image(&opened) {
+                return Err("the snapshot holds no gvisor checkpoint image".to_owned());
             }
+            std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
+            let outcome = self
+                .image_cache()
+                .provide(
+                    &opened,
+                    &image_dir,
+                    &LogProgress::new(format!("snapshot {snapshot_name} download")),
+                )
+                .await?;
+            Metrics::count(
+                &self.metrics.restore_images,
+                match outcome {
+                    CacheOutcome::Hit => "cached",
+                    CacheOutcome::Assembled => "assembled",
+                },
+            );
             // The restored workload, still waiting on its trigger, reads `restore`.
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");

@@ -333,11 +333,17 @@ async fn host_ports_reach_the_pod_and_a_clash_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     let (dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    // 16 MiB of random state in memory (gVisor's /tmp), so that deduplication has something
+    // to find.
+    let counter_pod = COUNTER_POD.replace(
+        "i=0;",
+        "busybox head -c 16777216 /dev/urandom > /tmp/state; i=0;",
+    );
     let setup = snapshot_setup(
         dir.path(),
         "counter",
         "type: manual, postCheckpoint: resume",
-        &COUNTER_POD.replace("NAME", "origin"),
+        &counter_pod.replace("NAME", "origin"),
     );
     client.apply(&setup).await.unwrap();
     wait_phase(&client, "origin", "Running").await;
@@ -402,7 +408,7 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
 
     // A new Pod with the same spec is restored: its counter goes on from the snapshot.
     client
-        .apply(&COUNTER_POD.replace("NAME", "replica"))
+        .apply(&counter_pod.replace("NAME", "replica"))
         .await
         .unwrap();
     let replica = wait_phase(&client, "replica", "Running").await;
@@ -419,8 +425,52 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         "the replica's counter did not start over"
     );
 
+    // A second replica's image comes from the node's cache of assembled images.
+    client
+        .apply(&counter_pod.replace("NAME", "replica2"))
+        .await
+        .unwrap();
+    let replica2 = wait_phase(&client, "replica2", "Running").await;
+    assert!(
+        condition_of(&replica2, "PodRestored")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&snapshot)),
+        "{}",
+        replica2["status"]
+    );
+    assert!(count(&client, "replica2").await >= before);
+
+    // A second snapshot of the unchanged workload stores few new bytes: the state is stored
+    // decompressed, in content-defined chunks.
+    let second = run_trigger(&client, "again", "origin").await;
+    let second = second["status"]["snapshotCreated"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = client
+        .json(
+            Method::GET,
+            &format!("/objects/PodSnapshot/default/{second}"),
+            None,
+        )
+        .await
+        .unwrap();
+    let size = second["status"]["storageStatus"]["sizeBytes"]
+        .as_u64()
+        .unwrap();
+    let uploaded = second["status"]["storageStatus"]["uploadedBytes"]
+        .as_u64()
+        .unwrap();
+    eprintln!("second snapshot: {uploaded} of {size} bytes new");
+    // Stored compressed, the state would be all new (its random half does not compress);
+    // the fixed cost is the sandbox's kernel state, ~2-3 MiB whatever the Pod's size.
+    assert!(
+        uploaded * 2 < size,
+        "the second snapshot stored {uploaded} new bytes of {size}"
+    );
+
     // A Pod whose distilled spec differs starts cold, and the event says why.
-    let changed = COUNTER_POD
+    let changed = counter_pod
         .replace("NAME", "changed")
         .replace("sleep 0.1", "sleep 0.2");
     client.apply(&changed).await.unwrap();
@@ -451,14 +501,16 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics);
     for line in [
-        "podsnap_checkpoints_total{outcome=\"success\"} 1",
-        "podsnap_restores_total{outcome=\"success\"} 1",
+        "podsnap_checkpoints_total{outcome=\"success\"} 2",
+        "podsnap_restores_total{outcome=\"success\"} 2",
+        "podsnap_restore_images_total{outcome=\"assembled\"} 1",
+        "podsnap_restore_images_total{outcome=\"cached\"} 1",
         "podsnap_cold_starts_total{outcome=\"HashMismatch\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
     }
     assert!(
-        metrics.contains("podsnap_checkpoint_duration_seconds_count 1"),
+        metrics.contains("podsnap_checkpoint_duration_seconds_count 2"),
         "{metrics}"
     );
 
@@ -608,22 +660,15 @@ async fn post_checkpoint_stop_completes_the_pod() {
     );
     client.apply(&setup).await.unwrap();
     wait_phase(&client, "once", "Running").await;
-    client.apply("apiVersion: podsnap.dev/v1alpha1\nkind: PodSnapshotManualTrigger\nmetadata: {name: stop-now, namespace: default}\nspec: {targetPod: once}\n").await.unwrap();
-    let done = wait_phase_within(&client, "once", "Succeeded", Duration::from_secs(60)).await;
-    assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 0);
-    let trigger = client
-        .json(
-            Method::GET,
-            "/objects/PodSnapshotManualTrigger/default/stop-now",
-            None,
-        )
-        .await
-        .unwrap();
+    // The trigger completes once the snapshot is stored; the Pod completed at its checkpoint.
+    let trigger = run_trigger(&client, "stop-now", "once").await;
     assert_eq!(
         trigger["status"]["conditions"][0]["reason"], "Complete",
         "{}",
         trigger["status"]
     );
+    let done = wait_phase_within(&client, "once", "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 0);
     // The sandbox is gone and stays gone (no restart although the policy is Always).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let running: Vec<String> = engine.list().await.unwrap();

@@ -154,8 +154,13 @@ impl Snapshot {
         let stream = self.stream(name)?.clone();
         progress.start(&format!("reading {name}"), Some(stream.size));
         let concurrency = self.repo.inner.options.concurrency.max(1);
-        let mut chunks = futures::stream::iter(stream.chunks.iter())
-            .map(|c| self.fetch(c))
+        // Owned chunk references and snapshot handles keep this future `Send` for any
+        // caller (a closure borrowing its argument would not be, for every lifetime).
+        let mut chunks = futures::stream::iter(stream.chunks.clone())
+            .map(|c| {
+                let snapshot = self.clone();
+                async move { snapshot.fetch(&c).await }
+            })
             .buffered(concurrency);
         let mut stats = ReadStats::default();
         let mut index = 0;

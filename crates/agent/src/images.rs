@@ -1,0 +1,358 @@
+//! Engine checkpoint images as repository streams, and back.
+//!
+//! A file of a gvisor checkpoint that is a runsc state file (`checkpoint.img`) is stored as
+//! two streams, `gvisor/<file>/header` (its header, byte for byte) and `gvisor/<file>/state`
+//! (the state decompressed, in content-defined chunks), so that a second snapshot of an
+//! unchanged workload finds nearly all its chunks stored already; any other file is stored
+//! as it is under `gvisor/<file>`. On restore the files are assembled again — state files
+//! with stored DEFLATE blocks, see [`podsnap_engine::gvisor_image`] — into the node's
+//! [`ImageCache`], from which a later restore of the same snapshot links them at once.
+
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use podsnap_engine::gvisor_image::{ImageEncoder, ImageHeader, MAGIC, StateDecoder};
+use podsnap_repo::{Chunking, Progress, Snapshot};
+
+/// Prefix of the streams of a gvisor checkpoint.
+pub const GVISOR_PREFIX: &str = "gvisor/";
+const HEADER: &str = "header";
+const STATE: &str = "state";
+
+/// How a file's bytes become a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The file as it is.
+    Plain,
+    /// The header of a runsc state file.
+    StateHeader,
+    /// The decompressed state of a runsc state file.
+    State,
+}
+
+/// One stream to store: its name, the file it comes from, how to cut it and how to read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// The stream's name in the snapshot.
+    pub stream: String,
+    /// The file on this node.
+    pub path: PathBuf,
+    /// How the stream is cut into chunks.
+    pub chunking: Chunking,
+    /// How the file is read.
+    pub encoding: Encoding,
+}
+
+impl Upload {
+    /// A file stored as it is.
+    pub fn plain(stream: String, path: PathBuf, chunking: Chunking) -> Self {
+        Self {
+            stream,
+            path,
+            chunking,
+            encoding: Encoding::Plain,
+        }
+    }
+
+    /// The stream's bytes, and their number when known in advance.
+    pub fn open(&self) -> std::io::Result<(Box<dyn Read + Send>, Option<u64>)> {
+        let file = std::fs::File::open(&self.path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("reading {}: {e}", self.path.display()))
+        })?;
+        let size = file.metadata().ok().map(|m| m.len());
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        Ok(match self.encoding {
+            Encoding::Plain => (Box::new(reader), size),
+            Encoding::StateHeader => {
+                let header = ImageHeader::read_from(&mut reader)?;
+                let bytes = header.as_bytes().to_vec();
+                let len = bytes.len() as u64;
+                (Box::new(std::io::Cursor::new(bytes)), Some(len))
+            }
+            // The state is larger than the file; the file's size still tells progress a
+            // rough total.
+            Encoding::State => (Box::new(StateDecoder::open(reader)?.1), size),
+        })
+    }
+}
+
+/// The streams for the files of a gvisor checkpoint in `dir`.
+pub fn gvisor_uploads(dir: &Path, files: &[(String, u64)]) -> Vec<Upload> {
+    let mut uploads = Vec::new();
+    for (file, _) in files {
+        let path = dir.join(file);
+        let name = file.to_ascii_lowercase();
+        if is_state_file(&path) {
+            for (part, encoding, chunking) in [
+                (HEADER, Encoding::StateHeader, Chunking::FILES),
+                (STATE, Encoding::State, Chunking::FILES),
+            ] {
+                uploads.push(Upload {
+                    stream: format!("{GVISOR_PREFIX}{name}/{part}"),
+                    path: path.clone(),
+                    chunking,
+                    encoding,
+                });
+            }
+        } else {
+            uploads.push(Upload::plain(
+                format!("{GVISOR_PREFIX}{name}"),
+                path,
+                Chunking::MEMORY,
+            ));
+        }
+    }
+    uploads
+}
+
+fn is_state_file(path: &Path) -> bool {
+    let mut magic = [0u8; MAGIC.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == MAGIC
+}
+
+/// The files a snapshot's gvisor streams make: file name → how to build it.
+fn gvisor_files(snapshot: &Snapshot) -> Vec<(String, bool)> {
+    let mut files = Vec::new();
+    for stream in &snapshot.manifest().streams {
+        let Some(rest) = stream.name.strip_prefix(GVISOR_PREFIX) else {
+            continue;
+        };
+        match rest.split_once('/') {
+            None => files.push((rest.to_owned(), false)),
+            Some((file, HEADER)) => files.push((file.to_owned(), true)),
+            Some(_) => {}
+        }
+    }
+    files
+}
+
+/// Writes the gvisor checkpoint files of `snapshot` into the directory `into`.
+pub async fn assemble(
+    snapshot: &Snapshot,
+    into: &Path,
+    progress: &dyn Progress,
+) -> Result<u64, String> {
+    let mut bytes = 0;
+    for (file, decoded) in gvisor_files(snapshot) {
+        let path = into.join(&file);
+        if !decoded {
+            let stats = snapshot
+                .read_stream_to_file(&format!("{GVISOR_PREFIX}{file}"), &path, progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            bytes += stats.bytes;
+            continue;
+        }
+        let mut header = Vec::new();
+        snapshot
+            .read_stream_to_writer(
+                &format!("{GVISOR_PREFIX}{file}/{HEADER}"),
+                &mut header,
+                &podsnap_repo::NoProgress,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = ImageHeader::parse(&header).map_err(|e| {
+            format!("the stored header of {file} is not usable: {e}; take a new snapshot")
+        })?;
+        let out = std::fs::File::create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut encoder = ImageEncoder::new(out, &header)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let stats = snapshot
+            .read_stream_to_writer(
+                &format!("{GVISOR_PREFIX}{file}/{STATE}"),
+                &mut encoder,
+                progress,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        encoder
+            .finish()
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        bytes += stats.bytes;
+    }
+    Ok(bytes)
+}
+
+/// Whether `snapshot` holds a gvisor checkpoint.
+pub fn has_gvisor_image(snapshot: &Snapshot) -> bool {
+    !gvisor_files(snapshot).is_empty()
+}
+
+/// Checkpoint images assembled on this node, by manifest digest, so that restoring a
+/// snapshot again needs no assembly: each entry is a directory renamed into place when
+/// complete, linked into a restore's image directory, and the least recently used entries
+/// are removed when the total passes the capacity.
+#[derive(Clone, Debug)]
+pub struct ImageCache {
+    dir: PathBuf,
+    capacity: u64,
+}
+
+/// Where a restore's image came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Linked from the node's cache.
+    Hit,
+    /// Assembled from the repository (and cached when it fits).
+    Assembled,
+}
+
+impl ImageCache {
+    /// The cache in `dir`, holding at most `capacity` bytes (0: no caching).
+    pub fn new(dir: PathBuf, capacity: u64) -> Self {
+        Self { dir, capacity }
+    }
+
+    /// Removes what an interrupted assembly left (called when the agent starts).
+    pub fn remove_partial(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Puts the gvisor checkpoint files of `snapshot` into the empty directory `into`: linked
+    /// from the cache, or assembled from the repository.
+    pub async fn provide(
+        &self,
+        snapshot: &Snapshot,
+        into: &Path,
+        progress: &dyn Progress,
+    ) -> Result<CacheOutcome, String> {
+        if self.capacity == 0 {
+            assemble(snapshot, into, progress).await?;
+            return Ok(CacheOutcome::Assembled);
+        }
+        let entry = self.dir.join(snapshot.manifest().compute_digest());
+        if link_all(&entry, into).is_ok() {
+            touch(&entry);
+            return Ok(CacheOutcome::Hit);
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let partial = self.dir.join(format!(".partial-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&partial)
+            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        let bytes = match assemble(snapshot, &partial, progress).await {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(message);
+            }
+        };
+        if bytes > self.capacity {
+            // Larger than the whole cache: used from where it was assembled.
+            let linked = link_all(&partial, into);
+            let _ = std::fs::remove_dir_all(&partial);
+            linked.map_err(|e| format!("linking the assembled image: {e}"))?;
+            return Ok(CacheOutcome::Assembled);
+        }
+        // Another restore may have placed the same entry meanwhile: then that one is used.
+        let _ = std::fs::rename(&partial, &entry);
+        let linked = link_all(&entry, into);
+        let _ = std::fs::remove_dir_all(&partial);
+        linked.map_err(|e| format!("linking the assembled image: {e}"))?;
+        touch(&entry);
+        self.evict(&entry);
+        Ok(CacheOutcome::Assembled)
+    }
+
+    /// Removes the least recently used entries, except `keep`, while the total is over the
+    /// capacity.
+    fn evict(&self, keep: &Path) {
+        let Ok(read) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(SystemTime, u64, PathBuf)> = read
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let used = e.metadata().ok()?.modified().ok()?;
+                Some((used, dir_size(&e.path()), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
+        entries.sort();
+        for (_, size, path) in entries {
+            if total <= self.capacity {
+                break;
+            }
+            if path != keep && std::fs::remove_dir_all(&path).is_ok() {
+                tracing::debug!(entry = %path.display(), "assembled image evicted");
+                total -= size;
+            }
+        }
+    }
+}
+
+/// Hard-links (or, across file systems, copies) every file of `from` into `into`.
+fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = into.join(entry.file_name());
+        if std::fs::hard_link(entry.path(), &target).is_err() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks an entry as just used.
+fn touch(entry: &Path) {
+    if let Ok(dir) = std::fs::File::open(entry) {
+        let _ = dir.set_modified(SystemTime::now());
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_become_header_and_state_streams_and_others_stay_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut image = MAGIC.to_vec();
+        image.extend_from_slice(&[0; 100]);
+        std::fs::write(dir.path().join("checkpoint.img"), &image).unwrap();
+        std::fs::write(dir.path().join("Pages.img"), b"pages").unwrap();
+        let files = vec![("checkpoint.img".into(), 108), ("Pages.img".into(), 5)];
+        let uploads = gvisor_uploads(dir.path(), &files);
+        let summary: Vec<(&str, Encoding)> = uploads
+            .iter()
+            .map(|u| (u.stream.as_str(), u.encoding))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("gvisor/checkpoint.img/header", Encoding::StateHeader),
+                ("gvisor/checkpoint.img/state", Encoding::State),
+                ("gvisor/pages.img", Encoding::Plain),
+            ]
+        );
+        for u in &uploads {
+            podsnap_repo::format::validate_stream_name(&u.stream).unwrap();
+        }
+    }
+}
