@@ -268,6 +268,14 @@ impl ImageCache {
         Ok(CacheOutcome::Assembled)
     }
 
+    /// Removes the cached image of `snapshot`, if any (after a restore from it failed).
+    pub fn forget(&self, snapshot: &Snapshot) {
+        let entry = self.dir.join(snapshot.manifest().compute_digest());
+        if std::fs::remove_dir_all(&entry).is_ok() {
+            tracing::info!(entry = %entry.display(), "cached checkpoint image removed after a failed restore");
+        }
+    }
+
     /// Removes the least recently used entries, except `keep`, while the total is over the
     /// capacity.
     fn evict(&self, keep: &Path) {
@@ -329,6 +337,49 @@ fn dir_size(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(cache: &Path, name: &str, bytes: usize, age_secs: u64) -> PathBuf {
+        let dir = cache.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("checkpoint.img"), vec![1u8; bytes]).unwrap();
+        let used = SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(used)
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn least_recently_used_entries_go_first_and_partial_ones_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ImageCache::new(dir.path().to_owned(), 2500);
+        let oldest = entry(dir.path(), "a", 1000, 300);
+        let older = entry(dir.path(), "b", 1000, 200);
+        let newest = entry(dir.path(), "c", 1000, 100);
+        let partial = entry(dir.path(), ".partial-x", 5000, 1000);
+        // The entry just used is kept even when it is the oldest.
+        cache.evict(&oldest);
+        assert!(oldest.exists() && !older.exists() && newest.exists());
+        assert!(
+            partial.exists(),
+            "evict leaves assemblies in progress alone"
+        );
+        cache.remove_partial();
+        assert!(!partial.exists());
+        assert!(oldest.exists() && newest.exists());
+
+        let into = dir.path().join("restore");
+        std::fs::create_dir(&into).unwrap();
+        link_all(&newest, &into).unwrap();
+        assert_eq!(
+            std::fs::read(into.join("checkpoint.img")).unwrap().len(),
+            1000
+        );
+        // Linked, not copied: the restore keeps its file when the entry is evicted.
+        std::fs::remove_dir_all(&newest).unwrap();
+        assert!(into.join("checkpoint.img").exists());
+    }
 
     #[test]
     fn state_files_become_header_and_state_streams_and_others_stay_plain() {

@@ -943,10 +943,12 @@ impl Controller {
             let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");
             std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
             std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
-            self.runner
-                .restore(pod, &image_dir)
-                .await
-                .map_err(|e| e.to_string())
+            let restored = self.runner.restore(pod, &image_dir).await;
+            restored.map_err(|e| {
+                // A damaged cached image must not fail every later restore too.
+                self.image_cache().forget(&opened);
+                e.to_string()
+            })
         }
         .await;
         // The image is read into the sandbox's memory by now, or of no use.
