@@ -257,6 +257,10 @@ impl Controller {
                 .unwrap_or_else(now);
             tracing::info!(namespace, name, "adopted a running Pod");
             let network = self.runner.recorded_network(&sandbox);
+            if let Err(e) = self.runner.check_network(&sandbox).await {
+                let message = format!("the adopted Pod's network is not as it was set up: {e}");
+                self.pod_event("Warning", "NetworkCheckFailed", &namespace, &name, &message);
+            }
             let running = RunningPod {
                 sandbox_id: sandbox,
                 containers,

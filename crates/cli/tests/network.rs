@@ -242,6 +242,11 @@ async fn a_restarted_agent_removes_stale_networks_and_keeps_live_ones() {
     let adopted = pod(&client, "keep").await;
     assert_eq!(adopted["status"]["podIP"], keep_ip.as_str());
     assert_eq!(serves(&keep_ip, 8080).await, format!("ip={keep_ip}"));
+    let reasons = event_reasons(&client, "keep").await;
+    assert!(
+        !reasons.iter().any(|r| r == "NetworkCheckFailed"),
+        "CNI CHECK of the adopted Pod failed: {reasons:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

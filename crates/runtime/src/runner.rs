@@ -317,6 +317,15 @@ impl PodRunner {
         }
     }
 
+    /// Checks the recorded network of sandbox `sandbox_id` with CNI CHECK (for Pods adopted
+    /// after a restart); `Ok` when it has none.
+    pub async fn check_network(&self, sandbox_id: &str) -> Result<()> {
+        match &self.networks {
+            Some(n) if n.load(sandbox_id).is_some() => Ok(n.check(sandbox_id).await?),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes the network of sandbox `sandbox_id`, if it has one.
     async fn release_network(&self, sandbox_id: &str) {
         if let Some(n) = &self.networks {
