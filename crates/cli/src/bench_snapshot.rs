@@ -117,7 +117,8 @@ pub async fn run(
 }
 
 /// A private `podsnap serve`, in its own process group (a Ctrl-C reaches only the benchmark,
-/// which then cleans up through it). Dropping it kills it and removes any sandbox left.
+/// which then cleans up through it). Dropping it kills it and removes any sandbox and Pod
+/// network namespace left.
 struct Agent {
     child: Child,
     client: Client,
@@ -178,6 +179,9 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         podsnap_engine::gvisor::delete_all_sandboxes(&self.engine_state);
+        if let Some(state) = self.engine_state.parent() {
+            podsnap_runtime::network::remove_namespaces(state);
+        }
     }
 }
 
