@@ -202,6 +202,20 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(netns["path"], "/var/run/netns/p");
+        // The netstack joins the Pod's namespace the same way.
+        let netstack = config_json(
+            &spec(),
+            "sb",
+            Role::Root,
+            &Network::Netstack("/state/network/netns/p".into()),
+        );
+        assert!(
+            netstack["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/state/network/netns/p")
+        );
         let bind = &joined["mounts"][3];
         assert_eq!(bind["destination"], "/data");
         assert_eq!(bind["options"], json!(["rbind", "ro"]));

@@ -849,6 +849,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_runsc_command_gets_the_sandboxs_network() {
+        let record = |netns: Option<&str>, netstack, host_network| Record {
+            sandbox: "sb".into(),
+            netns: netns.map(PathBuf::from),
+            log_file: None,
+            netstack,
+            host_network,
+        };
+        assert_eq!(record(None, false, false).network_flag(), "none");
+        assert_eq!(record(None, false, true).network_flag(), "host");
+        assert_eq!(record(Some("/ns"), false, false).network_flag(), "host");
+        assert_eq!(record(Some("/ns"), true, false).network_flag(), "sandbox");
+        // Records written before these fields existed read as loopback sandboxes.
+        let old: Record = serde_json::from_str(r#"{"sandbox": "sb", "netns": null}"#).unwrap();
+        assert_eq!(old.network_flag(), "none");
+    }
+
+    #[test]
     fn features_come_from_help_texts() {
         let checkpoint =
             "checkpoint [flags] <id>\n  -image-path string\n  -leave-running\n    \trestart\n";
