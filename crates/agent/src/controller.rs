@@ -454,7 +454,13 @@ impl Controller {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            if self.pods.lock().await.contains_key(&key)
+            // A Pod in a terminal phase never runs again (also after an agent restart).
+            let terminal = matches!(
+                value["status"]["phase"].as_str(),
+                Some("Failed" | "Succeeded")
+            );
+            if terminal
+                || self.pods.lock().await.contains_key(&key)
                 || self.failed.lock().await.contains_key(&uid)
             {
                 continue;
@@ -500,6 +506,14 @@ impl Controller {
                         self.fail(key, uid, "PortConflict", &message).await;
                         return;
                     }
+                }
+                if tracked.restored_from.is_some()
+                    && let Err(e) = self
+                        .runner
+                        .set_restored_hostname(&tracked.pod, &tracked.running)
+                        .await
+                {
+                    tracing::warn!(error = %e, "could not set the restored Pod's host name");
                 }
                 self.pod_event(
                     "Normal",

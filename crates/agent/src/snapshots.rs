@@ -943,7 +943,17 @@ impl Controller {
             let contract = self.runner.pod_dir_of(namespace, name, &uid).join("podsnap");
             std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
             std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
+            let image_ready = started.elapsed();
             let restored = self.runner.restore(pod, &image_dir).await;
+            tracing::info!(
+                namespace,
+                name,
+                snapshot = %snapshot_name,
+                image = ?outcome,
+                image_ms = image_ready.as_millis() as u64,
+                engine_ms = (started.elapsed() - image_ready).as_millis() as u64,
+                "restore timing"
+            );
             restored.map_err(|e| {
                 // A damaged cached image must not fail every later restore too.
                 self.image_cache().forget(&opened);

@@ -887,3 +887,111 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
         pinned["status"]
     );
 }
+
+/// A `runsc` in front of the real one that fails (file `fail` in `control`) or hangs (file
+/// `hang`) on `create`.
+fn faulty_runsc(dir: &std::path::Path, control: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("faulty-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = ["/usr/bin/runsc", "/usr/sbin/runsc", "/usr/local/bin/runsc"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("runsc is installed by scripts/setup.sh");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = create ]; then\n    if [ -e {c}/fail ]; then echo 'runsc: create exploded (injected by the test)' >&2; exit 1; fi\n    if [ -e {c}/hang ]; then exec sleep 60; fi\n  fi\ndone\nexec {real} \"$@\"\n",
+        c = control.display()
+    );
+    let path = bin.join("runsc");
+    std::fs::write(&path, script).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).unwrap();
+    bin
+}
+
+fn network_namespaces(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("network/netns"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_failures_and_an_agent_killed_mid_start_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StateCleanup(dir.path().to_path_buf());
+    busybox_image(dir.path());
+    let control = dir.path().join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    let bin = faulty_runsc(dir.path(), &control);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (agent, client, engine) = start_agent_with_env(dir.path(), &[("PATH", &path)]).await;
+
+    // Malformed YAML is refused with its line.
+    let err = client
+        .apply("apiVersion: v1\nkind: Pod\nmetadata: {name: [\n")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("line"), "{err}");
+
+    // runsc failing: the Pod fails with runsc's own words; no sandbox, no network left.
+    std::fs::write(control.join("fail"), "").unwrap();
+    client
+        .apply(&COUNTER_POD.replace("NAME", "doomed"))
+        .await
+        .unwrap();
+    let failed = wait_phase(&client, "doomed", "Failed").await;
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("create exploded"),
+        "{}",
+        failed["status"]
+    );
+    assert!(
+        event_reasons(&client, "doomed")
+            .await
+            .contains(&"FailedCreate".to_owned())
+    );
+    assert!(sandboxes(&engine).await.is_empty());
+    assert!(network_namespaces(dir.path()).is_empty());
+
+    // The agent killed while runsc creates a Pod's sandbox: the next agent removes the half
+    // made sandbox and network, and runs the Pod.
+    std::fs::remove_file(control.join("fail")).unwrap();
+    std::fs::write(control.join("hang"), "").unwrap();
+    client
+        .apply(&COUNTER_POD.replace("NAME", "interrupted"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while network_namespaces(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "the Pod's start never began");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(agent);
+    std::fs::remove_file(control.join("hang")).unwrap();
+    let (_agent, client, engine) = start_agent_with_env(dir.path(), &[("PATH", &path)]).await;
+    wait_phase(&client, "interrupted", "Running").await;
+    // A failed Pod stays failed across the restart, as Kubernetes' terminal phases do.
+    assert_eq!(pod(&client, "doomed").await["status"]["phase"], "Failed");
+    assert!(count(&client, "interrupted").await > 0);
+    assert_eq!(
+        network_namespaces(dir.path()).len(),
+        1,
+        "only the running Pod's network is left: {:?}, sandboxes {:?}\n{}",
+        network_namespaces(dir.path()),
+        sandboxes(&engine).await,
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        sandboxes(&engine).await.len(),
+        1,
+        "one sandbox: the running Pod's"
+    );
+}

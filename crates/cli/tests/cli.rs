@@ -155,6 +155,35 @@ fn node_info_describes_this_machine() {
 }
 
 #[test]
+fn serve_without_runsc_says_how_to_install_it_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let state = dir.path().join("state");
+    let out = Command::cargo_bin("podsnap")
+        .unwrap()
+        .env("PATH", &empty_path)
+        .args(["serve", "--pod-network", "none"])
+        .arg(format!("--state-dir={}", state.display()))
+        .arg(format!("--images={}", dir.path().join("images").display()))
+        .arg(format!(
+            "--socket={}",
+            dir.path().join("agent.sock").display()
+        ))
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("runsc was not found"), "{err}");
+    assert!(err.contains("apt-get install -y runsc"), "{err}");
+    assert!(
+        !dir.path().join("agent.sock").exists(),
+        "no API socket is left"
+    );
+}
+
+#[test]
 fn node_info_for_gvisor_uses_the_installed_runsc() {
     let out = podsnap(&["node-info", "--engine", "gvisor", "-o", "yaml"]);
     match podsnap_node::probe_runsc(None) {

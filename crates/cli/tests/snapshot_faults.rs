@@ -49,7 +49,7 @@ fn restart_count(pod: &Value) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_storage_fails_the_snapshot_after_retries_and_the_pod_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let _cleanup = podsnap_engine::gvisor::SandboxCleanup(dir.path().join("engine"));
+    let _cleanup = StateCleanup(dir.path().to_path_buf());
     busybox_image(dir.path());
     // Nothing listens on the endpoint; credentials keep the S3 client from asking a metadata
     // service for them.

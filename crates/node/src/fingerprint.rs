@@ -70,7 +70,7 @@ pub enum ProbeError {
     CpuInfoField(&'static str),
     /// The gvisor engine was asked for but runsc is missing.
     #[error(
-        "runsc is not installed, so the gvisor engine is unavailable; install it with `apt-get install -y runsc` or use `--engine native`"
+        "runsc is not installed or `runsc --version` fails, so the gvisor engine is unavailable; install it with `apt-get install -y runsc` (or reinstall it), or use `--engine native`"
     )]
     RunscMissing,
 }

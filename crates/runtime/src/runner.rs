@@ -373,6 +373,17 @@ impl PodRunner {
         self.start_with(pod, Some(image_dir), &[]).await
     }
 
+    /// Gives a restored Pod its own host name: runsc keeps the snapshot's. Called once the
+    /// Pod's ports are open, so that the extra `runsc exec` does not delay them.
+    pub async fn set_restored_hostname(&self, pod: &Pod, running: &RunningPod) -> Result<()> {
+        let (fields, _, _) = self.identity(pod, None);
+        let busybox = format!("{HELPER_DIR}/busybox");
+        self.engine
+            .set_hostname(&running.sandbox_id, &hostname_of(pod, &fields), &busybox)
+            .await?;
+        Ok(())
+    }
+
     async fn start_with(
         &self,
         pod: &Pod,
@@ -453,18 +464,11 @@ impl PodRunner {
             self.record_exit_code(&mut root, &dir, &spec.containers[0].name);
             match image_dir {
                 Some(image) => {
+                    // The host name is set afterwards (`set_restored_hostname`), so that
+                    // the Pod's ports can open meanwhile.
                     self.engine
                         .restore(&sandbox_id, &root, &network, image)
                         .await?;
-                    // runsc keeps the snapshot's host name; the restored Pod gets its own.
-                    let busybox = format!("{HELPER_DIR}/busybox");
-                    if let Err(e) = self
-                        .engine
-                        .set_hostname(&sandbox_id, &hostname, &busybox)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not set the restored Pod's host name");
-                    }
                 }
                 None => {
                     self.engine
