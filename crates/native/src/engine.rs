@@ -1,0 +1,1 @@
+//! `NativeEngine`: the node runtime's `Engine` over native sandboxes.
