@@ -1,0 +1,327 @@
+//! The saved state of a process, as written in the image manifest.
+//!
+//! Every type here is plain data with named fields (serde), independent of the layout of the
+//! kernel's or this crate's structs; [`Regs`] converts to and from `user_regs_struct`.
+
+use serde::{Deserialize, Serialize};
+
+/// One process: memory, files, signal dispositions and its (single) thread.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ProcessImage {
+    /// The PID it had, and gets back.
+    pub pid: i32,
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// The executable (`/proc/PID/exe`).
+    pub exe: String,
+    /// The working directory.
+    pub cwd: String,
+    /// The file mode creation mask.
+    pub umask: u32,
+    /// `personality(2)` flags.
+    pub personality: u64,
+    /// `PR_GET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+    /// Real, effective, saved and filesystem user IDs.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem group IDs.
+    pub gids: [u32; 4],
+    /// The address-space layout that `PR_SET_MM_MAP` restores.
+    pub mm: MmLayout,
+    /// Every mapping, in address order.
+    pub vmas: Vec<Vma>,
+    /// Every open file descriptor, in fd order.
+    pub fds: Vec<Fd>,
+    /// Dispositions of signals 1..=64 (except SIGKILL and SIGSTOP).
+    pub sigactions: Vec<SigAction>,
+    /// The thread's state.
+    pub thread: ThreadState,
+    /// Signals that arrived while the process was being checkpointed: sent again after restore.
+    pub deferred_signals: Vec<i32>,
+}
+
+/// The `mm_struct` fields that `PR_SET_MM_MAP` sets.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The auxiliary vector (`/proc/PID/auxv`), as 64-bit words.
+    pub auxv: Vec<u64>,
+}
+
+/// One mapping (VMA).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Vma {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `PROT_READ | PROT_WRITE | PROT_EXEC` bits.
+    pub prot: u32,
+    /// `VM_GROWSDOWN` (a stack that grows down).
+    pub growsdown: bool,
+    /// smaps VmFlags that are restored with `madvise`: `dd`, `wf`, `hg`, `nh`.
+    pub advice: Vec<String>,
+    /// What backs it.
+    pub backing: Backing,
+}
+
+impl Vma {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether it has no bytes (never, for a real mapping).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// What backs a mapping.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Backing {
+    /// Private anonymous memory (heap, stack, `MAP_ANONYMOUS`); its present non-zero pages are
+    /// in the page file.
+    Anon {
+        /// The name in maps (`[heap]`, `[stack]`, `[anon:…]`), if any.
+        name: Option<String>,
+    },
+    /// A private mapping of a regular file; re-mapped from the file, and its changed pages
+    /// (anonymous copies) are in the page file.
+    File {
+        /// The file's path.
+        path: String,
+        /// Offset in the file, in bytes.
+        offset: u64,
+        /// The file's size at checkpoint (a restore refuses a file that changed).
+        size: u64,
+        /// The file's modification time at checkpoint, in nanoseconds since the epoch.
+        mtime_ns: i64,
+    },
+    /// `[vvar]`, `[vvar_vclock]` or `[vdso]`: the restoring process's own, moved here.
+    Vdso {
+        /// The name in maps.
+        name: String,
+    },
+}
+
+/// One open file descriptor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Fd {
+    /// Its number.
+    pub fd: i32,
+    /// What it refers to.
+    pub kind: FdKind,
+}
+
+/// What a file descriptor refers to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FdKind {
+    /// A file opened by path (regular file, directory, `/dev/null`, `/dev/zero`,
+    /// `/dev/urandom`, `/dev/random`), re-opened with the same flags and offset.
+    Path {
+        /// The path.
+        path: String,
+        /// `open(2)` flags (from fdinfo), including `O_CLOEXEC`.
+        flags: u32,
+        /// The file offset.
+        pos: u64,
+        /// Whether the offset is restored (regular files).
+        seekable: bool,
+    },
+    /// Standard input, output or error on a terminal, pipe or socket: re-opened on restore
+    /// onto the file the restorer names (default `/dev/null`).
+    Stdio {
+        /// What it was (the `/proc/PID/fd` link), for information.
+        was: String,
+    },
+}
+
+/// A signal's disposition (`struct kernel_sigaction`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub struct SigAction {
+    pub sig: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// A thread's state.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ThreadState {
+    /// General registers (NT_PRSTATUS), as saved (syscall restart is decided at restore).
+    pub regs: Regs,
+    /// The XSAVE area (NT_X86_XSTATE), hex.
+    pub xstate: String,
+    /// The blocked signal mask.
+    pub sigmask: u64,
+    /// `sigaltstack`: sp, flags, size.
+    pub altstack: (u64, i32, u64),
+    /// `set_tid_address` value (`PR_GET_TID_ADDRESS`).
+    pub clear_child_tid: u64,
+    /// `set_robust_list`: head and length.
+    pub robust_list: (u64, u64),
+    /// The registered rseq area, if any: address, length, signature.
+    pub rseq: Option<(u64, u32, u32)>,
+}
+
+/// x86-64 general registers, field for field `user_regs_struct`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+#[allow(missing_docs)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+macro_rules! regs_conv {
+    ($($f:ident),*) => {
+        impl From<libc::user_regs_struct> for Regs {
+            fn from(r: libc::user_regs_struct) -> Self {
+                Regs { $($f: r.$f),* }
+            }
+        }
+        impl Regs {
+            /// Into the kernel's layout.
+            pub fn to_user_regs(&self) -> libc::user_regs_struct {
+                // SAFETY: user_regs_struct is plain old data (integers only); all-zero is valid.
+                let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+                $(r.$f = self.$f;)*
+                r
+            }
+        }
+    };
+}
+regs_conv!(
+    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
+    eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs
+);
+
+impl Regs {
+    /// The registers to resume with: a syscall that the checkpoint interrupted is restarted
+    /// the way the kernel would have when no handler runs (`-ERESTARTSYS`/`-ERESTARTNOINTR`:
+    /// back up over the `syscall` instruction), or fails with `EINTR` — as after a signal
+    /// handler — when a user-space restart would race with a signal (`-ERESTARTNOHAND`:
+    /// `pause`, `sigsuspend`, `poll`, `select`; a handler running between the resume and the
+    /// restarted call would leave `pause` asleep for good) or needed kernel state that is gone
+    /// (`-ERESTART_RESTARTBLOCK`: `nanosleep`, `clock_nanosleep`). `orig_rax` is cleared so
+    /// the kernel does no restart handling of its own.
+    pub fn for_resume(&self) -> Regs {
+        let mut r = *self;
+        if (r.orig_rax as i64) >= 0 {
+            match r.rax as i64 {
+                -513..=-512 => {
+                    r.rax = r.orig_rax;
+                    r.rip -= 2;
+                }
+                -514 | -516 => r.rax = (-(libc::EINTR as i64)) as u64,
+                _ => {}
+            }
+        }
+        r.orig_rax = u64::MAX;
+        r
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of lower- or upper-case hex; `None` when it is not hex.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let b = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(from_hex(&to_hex(&b)), Some(b));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn interrupted_syscalls_restart_or_fail_with_eintr() {
+        let r = Regs {
+            orig_rax: 0,
+            rax: (-512i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let f = r.for_resume();
+        assert_eq!((f.rax, f.rip, f.orig_rax), (0, 0x1000, u64::MAX));
+        let r = Regs {
+            orig_rax: 34,
+            rax: (-514i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        assert_eq!(r.for_resume().rax as i64, -4, "pause returns EINTR");
+        let r = Regs {
+            orig_rax: 35,
+            rax: (-516i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let f = r.for_resume();
+        assert_eq!((f.rax as i64, f.rip), (-4, 0x1002));
+        // Not in a syscall: untouched but orig_rax.
+        let r = Regs {
+            orig_rax: u64::MAX,
+            rax: (-512i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        assert_eq!(r.for_resume(), r);
+    }
+}
