@@ -43,6 +43,20 @@ pub struct ServeArgs {
     /// /usr/libexec/cni that has them).
     #[arg(long)]
     cni_plugin_dir: Option<PathBuf>,
+    /// The engine of Pods without a `runtimeClassName`: `gvisor` (runsc) or `native` (Linux
+    /// namespaces, preview: no snapshots yet). Pods pick the other one with
+    /// `runtimeClassName: gvisor` or `runtimeClassName: native` where it is available.
+    #[arg(long, value_enum, default_value = "gvisor")]
+    default_runtime: RuntimeArg,
+}
+
+/// Values of `--default-runtime`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RuntimeArg {
+    /// gVisor's runsc.
+    Gvisor,
+    /// The native engine (namespaces, overlayfs, cgroups).
+    Native,
 }
 
 /// Values of `--pod-network`.
@@ -86,12 +100,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let store = podsnap_agent::store::Store::open(&args.state_dir.join("agent.redb"))?;
-    let engine = podsnap_engine::GvisorEngine::new(podsnap_engine::GvisorConfig::new(
+    let gvisor = podsnap_engine::GvisorEngine::new(podsnap_engine::GvisorConfig::new(
         args.state_dir.join("engine"),
     ))
-    .await?;
+    .await
+    .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
+    let native = podsnap_native::engine::NativeEngine::new(
+        podsnap_native::engine::NativeConfig::new(args.state_dir.join("native")),
+    )
+    .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
     let images = podsnap_image::ImageStore::open(&args.images)?;
-    let mut runner = podsnap_runtime::PodRunner::new(Arc::new(engine), images, &args.state_dir)?;
+    let (default, other, other_class) = match args.default_runtime {
+        RuntimeArg::Gvisor => (gvisor?, native.map_err(|e| e.to_string()), "native"),
+        RuntimeArg::Native => (
+            native.context("the native engine (--default-runtime native) cannot run here")?,
+            gvisor.map_err(|e| e.to_string()),
+            "gvisor",
+        ),
+    };
+    if let Err(reason) = &other {
+        tracing::warn!(%reason, "runtimeClassName {other_class} is not available on this node");
+    }
+    let mut runner = podsnap_runtime::PodRunner::new(default, images, &args.state_dir)?;
+    runner.add_engine(other_class, other);
     let settings = podsnap_runtime::network::NetworkSettings {
         setting: match args.pod_network {
             PodNetworkArg::Auto => podsnap_runtime::network::NetworkSetting::Auto,

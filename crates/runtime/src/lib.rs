@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod engines;
 pub mod network;
 pub mod plan;
 pub mod rootfs;

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network};
 use podsnap_image::{ImageError, ImageStore};
 
+use crate::engines::Engines;
 use crate::network::{self, NetworkError, PodNetwork, PodNetworkMode, PodNetworks};
 use crate::plan::{self, PlanError, PodFields};
 use crate::rootfs;
@@ -220,7 +221,9 @@ fn engine_network(pod: &Pod, net: Option<&PodNetwork>) -> Network {
 /// Runs Pods with an engine and the local image store.
 #[derive(Clone)]
 pub struct PodRunner {
+    /// [`PodRunner::engines`], as the one engine the agent talks to.
     engine: Arc<dyn Engine>,
+    engines: Arc<Engines>,
     images: ImageStore,
     pods_dir: PathBuf,
     pause_rootfs: PathBuf,
@@ -229,7 +232,8 @@ pub struct PodRunner {
 
 impl PodRunner {
     /// A runner keeping Pod directories under `state_dir/pods`; prepares the pause root file
-    /// system (a static busybox) under `state_dir/pause`.
+    /// system (a static busybox) under `state_dir/pause`. `engine` is the node's default
+    /// engine (see [`PodRunner::add_engine`] for others).
     pub fn new(engine: Arc<dyn Engine>, images: ImageStore, state_dir: &Path) -> Result<Self> {
         let pause_rootfs = state_dir.join("pause");
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -252,8 +256,10 @@ impl PodRunner {
         }
         let pods_dir = state_dir.join("pods");
         std::fs::create_dir_all(&pods_dir).map_err(io_err("creating the Pods directory"))?;
+        let engines = Arc::new(Engines::new(engine));
         Ok(Self {
-            engine,
+            engine: engines.clone(),
+            engines,
             images,
             pods_dir,
             pause_rootfs,
@@ -343,9 +349,38 @@ impl PodRunner {
         self.pods_dir.join(sandbox_id)
     }
 
-    /// The engine.
+    /// The engine: calls about a sandbox or container go to the engine that runs it.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// The node's engines by runtime class.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// Adds an engine that Pods pick with `runtimeClassName: <class>`, or records why that
+    /// class is not available here (Pods asking for it then fail with the reason).
+    pub fn add_engine(&self, class: &str, engine: std::result::Result<Arc<dyn Engine>, String>) {
+        self.engines.add(class, engine);
+    }
+
+    /// Picks the engine of `pod` (its `runtimeClassName`, else the node default) for sandbox
+    /// `sandbox_id`.
+    fn assign_engine(&self, pod: &Pod, sandbox_id: &str) -> Result<()> {
+        let requested = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref());
+        let class = self
+            .engines
+            .class_for(requested)
+            .map_err(|problem| PlanError {
+                field: "spec.runtimeClassName".into(),
+                problem,
+            })?;
+        self.engines.assign(sandbox_id, &class);
+        Ok(())
     }
 
     /// Starts `pod`: its sandbox, its init containers to completion, then its containers. On
@@ -391,6 +426,7 @@ impl PodRunner {
         rootfs: &[String],
     ) -> Result<RunningPod> {
         let (_, sandbox_id, _) = self.identity(pod, None);
+        self.assign_engine(pod, &sandbox_id)?;
         let net = match (self.network_mode(pod), &self.networks) {
             (PodNetworkMode::Netstack | PodNetworkMode::Relay, Some(networks)) => {
                 Some(networks.setup(&sandbox_id).await?)
@@ -659,6 +695,7 @@ impl PodRunner {
             .find(|(_, c)| c.name == name)
             .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
         let net = running.network.as_ref();
+        self.assign_engine(pod, &running.sandbox_id)?;
         let mut container = self.container_spec(pod, net, "containers", i, c)?;
         if is_solo(pod) {
             // The container is the sandbox: start the sandbox again.

@@ -1,0 +1,143 @@
+//! End to end: `podsnap serve` runs a Pod with `runtimeClassName: native` on the native engine
+//! (namespaces, overlay root) next to the default gvisor engine: Running, exec, logs, delete
+//! leaving nothing; unknown runtime classes fail clearly; snapshots of native Pods fail with a
+//! message saying they are not available yet.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::Method;
+use podsnap_native::engine::{NativeCleanup, list_containers};
+use serde_json::json;
+
+const NATIVE_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: nat, namespace: default, labels: {app: nat}}
+spec:
+  runtimeClassName: native
+  containers:
+  - name: app
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "echo started natively; echo hi > /tmp/file; exec sleep 1000"]
+"#;
+
+#[tokio::test]
+async fn a_native_pod_runs_execs_logs_and_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StateCleanup(dir.path().to_path_buf());
+    // Declared before the agent, so dropped after it: the killed agent's native sandboxes go.
+    let _native = NativeCleanup(dir.path().join("native"));
+    busybox_image(dir.path());
+    let (_agent, client, engine) = start_agent(dir.path()).await;
+
+    client
+        .apply(&snapshot_setup(
+            dir.path(),
+            "nat",
+            "type: manual",
+            NATIVE_POD,
+        ))
+        .await
+        .unwrap();
+    wait_phase(&client, "nat", "Running").await;
+    let native_dir = dir.path().join("native");
+    let ids = list_containers(&native_dir);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        !sandboxes(&engine).await.contains(&ids[0]),
+        "the native Pod does not run under runsc"
+    );
+
+    let exec = |command: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            client
+                .json(
+                    Method::POST,
+                    "/exec/default/nat",
+                    Some(&json!({ "command": command })),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = exec(json!(["/bin/cat", "/tmp/file"])).await;
+        if out["exitCode"] == 0 {
+            assert_eq!(out["stdout"], "hi\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = exec(json!(["/bin/sh", "-c", "echo $(cat /proc/1/cmdline)"])).await;
+    assert!(
+        out["stdout"].as_str().unwrap().contains("sleep"),
+        "pid 1 of the Pod is its process: {out}"
+    );
+    let logs = client
+        .request(Method::GET, "/logs/default/nat", None, "text/plain")
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs).contains("started natively"),
+        "{}",
+        String::from_utf8_lossy(&logs)
+    );
+
+    // Snapshots of native Pods are not available yet, and say so.
+    let trigger = run_trigger(&client, "now", "nat").await;
+    let triggered = condition_of(&trigger, "Triggered");
+    assert_eq!(triggered["reason"], "Failed", "{trigger}");
+    assert!(
+        triggered["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("checkpoint of native Pods is not available yet"),
+        "{trigger}"
+    );
+    assert_eq!(pod(&client, "nat").await["status"]["phase"], "Running");
+
+    client
+        .request(
+            Method::DELETE,
+            "/objects/Pod/default/nat",
+            None,
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pods(&client).await.is_empty() || !list_containers(&native_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the native Pod was not removed: {:?}",
+            list_containers(&native_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(native_dir.join("containers"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn unknown_runtime_classes_fail_with_the_choices() {
+    let (_dir, _cleanup, _agent, client, _engine) = busybox_agent().await;
+    client
+        .apply("apiVersion: v1\nkind: Pod\nmetadata: {name: odd}\nspec:\n  runtimeClassName: runc\n  containers: [{name: c, image: localhost/busybox, command: [/bin/sleep, '100']}]\n")
+        .await
+        .unwrap();
+    let failed = wait_phase(&client, "odd", "Failed").await;
+    let message = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("runtimeClassName `runc` is unknown: use gvisor or native"),
+        "{}",
+        failed["status"]
+    );
+}
