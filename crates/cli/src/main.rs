@@ -9,6 +9,7 @@
 mod bench;
 mod bench_snapshot;
 mod image_cmd;
+mod native_cmd;
 mod node_cmd;
 mod progress;
 mod repo_cmd;
@@ -155,6 +156,12 @@ enum Command {
         #[command(subcommand)]
         command: image_cmd::ImageCommand,
     },
+    /// podsnap's own checkpoint/restore of a process, outside Pods (for debugging):
+    /// `native checkpoint --pid PID --dir DIR`, `native restore --dir DIR`.
+    Native {
+        #[command(subcommand)]
+        command: native_cmd::NativeCommand,
+    },
     /// Measure podsnap against its baselines and print the figures side by side.
     Bench {
         #[command(subcommand)]
@@ -279,6 +286,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Image { command } => {
             image_cmd::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Native { command } => {
+            native_cmd::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => {

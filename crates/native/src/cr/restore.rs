@@ -951,3 +951,231 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
         elapsed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cr::model::{Fd, MmLayout, SigAction, ThreadState, Vma};
+
+    /// A recording double that answers like the kernel would for a plan that is right.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<(i64, [u64; 6])>,
+        writes: Vec<(u64, usize)>,
+        fds: BTreeSet<u64>,
+        finished: bool,
+    }
+
+    impl SeedOps for Recorder {
+        fn syscall(&mut self, nr: i64, a: [u64; 6]) -> Result<i64> {
+            self.calls.push((nr, a));
+            Ok(match nr {
+                libc::SYS_mmap => a[0] as i64,
+                libc::SYS_mremap => a[4] as i64,
+                libc::SYS_openat => {
+                    let fd = (0..).find(|n| !self.fds.contains(n)).unwrap();
+                    self.fds.insert(fd);
+                    fd as i64
+                }
+                libc::SYS_dup3 => {
+                    self.fds.insert(a[1]);
+                    a[1] as i64
+                }
+                libc::SYS_close => {
+                    self.fds.remove(&a[0]);
+                    0
+                }
+                libc::SYS_lseek => a[1] as i64,
+                _ => 0,
+            })
+        }
+        fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()> {
+            self.writes.push((addr, data.len()));
+            Ok(())
+        }
+        fn set_code(&mut self, _: u64) {}
+        fn finish(&mut self, _: u64, _: &Regs, _: &[u8], _: u64) -> Result<()> {
+            self.finished = true;
+            Ok(())
+        }
+    }
+
+    struct NoPages;
+    impl PageSource for NoPages {
+        fn read_at(&self, _: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.fill(7);
+            Ok(())
+        }
+    }
+
+    fn map(start: u64, end: u64, path: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            perms: "r-xp".into(),
+            offset: 0,
+            inode: 0,
+            path: path.into(),
+            vm_flags: vec![],
+        }
+    }
+
+    fn vma(start: u64, end: u64, backing: Backing) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            growsdown: false,
+            advice: vec![],
+            backing,
+        }
+    }
+
+    fn image() -> ProcessImage {
+        let vdso = |n: &str| Backing::Vdso { name: n.into() };
+        ProcessImage {
+            pid: 100,
+            comm: "prog".into(),
+            exe: "/bin/prog".into(),
+            cwd: "/".into(),
+            umask: 0o22,
+            personality: 0,
+            no_new_privs: false,
+            uids: [0; 4],
+            gids: [0; 4],
+            mm: MmLayout::default(),
+            vmas: vec![
+                vma(
+                    0x400000,
+                    0x402000,
+                    Backing::File {
+                        path: "/bin/prog".into(),
+                        offset: 0,
+                        size: 1,
+                        mtime_ns: 0,
+                    },
+                ),
+                vma(0x600000, 0x700000, Backing::Anon { name: None }),
+                // The image's vDSO overlaps the seed's: moved through a free place.
+                vma(0x7f00_0000_1000, 0x7f00_0000_5000, vdso("[vvar]")),
+                vma(0x7f00_0000_5000, 0x7f00_0000_7000, vdso("[vvar_vclock]")),
+                vma(0x7f00_0000_7000, 0x7f00_0000_9000, vdso("[vdso]")),
+            ],
+            fds: vec![
+                Fd {
+                    fd: 1,
+                    kind: FdKind::Stdio {
+                        was: "pipe:[1]".into(),
+                    },
+                },
+                Fd {
+                    fd: 5,
+                    kind: FdKind::Path {
+                        path: "/data".into(),
+                        flags: libc::O_RDONLY as u32,
+                        pos: 42,
+                        seekable: true,
+                    },
+                },
+            ],
+            sigactions: vec![SigAction {
+                sig: 10,
+                handler: 0x401000,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            }],
+            thread: ThreadState {
+                regs: Regs::default(),
+                xstate: String::new(),
+                sigmask: 0,
+                altstack: (0, libc::SS_DISABLE, 0),
+                clear_child_tid: 0,
+                robust_list: (0x600100, 24),
+                rseq: Some((0x600200, 32, 0x53053053)),
+            },
+            deferred_signals: vec![],
+        }
+    }
+
+    #[test]
+    fn the_plan_runs_in_a_safe_order_with_consistent_results() {
+        let seed = SeedLayout {
+            maps: vec![
+                map(0x500000, 0x510000, "/usr/bin/restorer"),
+                map(0x7f00_0000_0000, 0x7f00_0000_4000, "[vvar]"),
+                map(0x7f00_0000_4000, 0x7f00_0000_6000, "[vvar_vclock]"),
+                map(0x7f00_0000_6000, 0x7f00_0000_8000, "[vdso]"),
+                map(0xffff_ffff_ff60_0000, 0xffff_ffff_ff60_1000, "[vsyscall]"),
+            ],
+            rseq: Some((0x510000, 32, 0x53053053)),
+        };
+        let stdio = ["/dev/null".to_string(), "/out".into(), "/dev/null".into()];
+        let plan = plan_restore(&image(), &seed, &stdio, vec![0; 8]).unwrap();
+        let mut rec = Recorder::default();
+        let runs = [PageRun {
+            addr: 0x600000,
+            pages: 2,
+            offset: 0,
+        }];
+        let n = execute(1, &plan, &runs, &NoPages, &mut rec).unwrap();
+        assert_eq!(n, rec.calls.len());
+        assert!(rec.finished);
+        let pos = |nr: i64, f: &dyn Fn(&[u64; 6]) -> bool| {
+            rec.calls
+                .iter()
+                .position(|(n, a)| *n == nr && f(a))
+                .unwrap_or_else(|| panic!("no call {nr}"))
+        };
+        // The seed's rseq goes first, before any memory it points into is unmapped.
+        assert_eq!(rec.calls[0].0, libc::SYS_rseq);
+        assert_eq!(rec.calls[0].1[2], 1, "unregister");
+        let tramp = pos(libc::SYS_mmap, &|a| a[1] == TRAMPOLINE_LEN);
+        let unmap_seed = pos(libc::SYS_munmap, &|a| a[0] == 0x500000);
+        let vdso_moves: Vec<usize> = (0..rec.calls.len())
+            .filter(|i| rec.calls[*i].0 == libc::SYS_mremap)
+            .collect();
+        assert_eq!(vdso_moves.len(), 6, "overlapping vDSO moved in two steps");
+        assert_eq!(rec.calls[vdso_moves[5]].1[4], 0x7f00_0000_7000);
+        let anon = pos(libc::SYS_mmap, &|a| a[0] == 0x600000);
+        let mm_map = pos(libc::SYS_prctl, &|a| a[0] == libc::PR_SET_MM as u64);
+        let files = pos(libc::SYS_lseek, &|a| a[0] == 5 && a[1] == 42);
+        assert!(tramp < unmap_seed && unmap_seed < vdso_moves[0] && vdso_moves[5] < anon);
+        assert!(anon < mm_map && mm_map < files);
+        // No munmap of [vsyscall] or of the seed's vDSO.
+        assert!(!rec.calls.iter().any(|(n, a)| *n == libc::SYS_munmap
+            && (a[0] >= 0x7f00_0000_0000 && a[0] < 0x7f00_0000_8000 || a[0] > TASK_SIZE)));
+        // Pages were written, and rseq registered again at the image's address.
+        assert!(rec.writes.contains(&(0x600000, 8192)));
+        assert!(
+            rec.calls
+                .iter()
+                .any(|(n, a)| *n == libc::SYS_rseq && a[0] == 0x600200 && a[2] == 0)
+        );
+        // fds 1 and 5 end up where they were, nothing else open.
+        assert_eq!(rec.fds, BTreeSet::from([1, 5]));
+    }
+
+    #[test]
+    fn a_different_vdso_is_refused() {
+        let seed = SeedLayout {
+            maps: vec![map(0x7f00_0010_0000, 0x7f00_0010_2000, "[vdso]")],
+            rseq: None,
+        };
+        let err = plan_restore(&image(), &seed, &Default::default(), vec![]).unwrap_err();
+        assert!(err.to_string().contains("vDSO"), "{err}");
+    }
+
+    #[test]
+    fn gaps() {
+        assert_eq!(find_gap(&[], 0x2000, 0x10000), Some(0x10000));
+        assert_eq!(
+            find_gap(&[(0x10000, 0x20000), (0x21000, 0x30000)], 0x2000, 0x10000),
+            Some(0x30000)
+        );
+        assert_eq!(
+            find_gap(&[(0x10000, 0x20000)], 0x1000, 0x10000),
+            Some(0x20000)
+        );
+    }
+}
