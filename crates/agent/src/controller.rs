@@ -113,6 +113,9 @@ pub struct Controller {
     pub(crate) pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
     relays: Arc<Mutex<HashMap<PodKey, Vec<tokio::task::JoinHandle<()>>>>>,
+    /// Deleted Pods being stopped: each in its own task, as a grace period can take a while
+    /// and must not hold up other Pods.
+    terminating: Arc<Mutex<std::collections::HashSet<PodKey>>>,
 }
 
 /// A Pod's namespace and name.
@@ -210,6 +213,7 @@ impl Controller {
             pods: Arc::new(Mutex::new(HashMap::new())),
             failed: Arc::new(Mutex::new(HashMap::new())),
             relays: Arc::new(Mutex::new(HashMap::new())),
+            terminating: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
 
@@ -416,23 +420,34 @@ impl Controller {
                 .collect()
         };
         for (key, tracked) in stale {
-            if self.checkpointing.lock().await.contains(&key) {
+            if self.checkpointing.lock().await.contains(&key)
+                || !self.terminating.lock().await.insert(key.clone())
+            {
                 continue;
             }
             for handle in self.relays.lock().await.remove(&key).unwrap_or_default() {
                 handle.abort();
             }
-            if let Err(e) = self.runner.stop(&tracked.running, tracked.grace()).await {
-                tracing::warn!(error = %e, "stopping a deleted Pod");
+            // Its containers' exits are no longer the Pod's to restart.
+            if let Some(t) = self.pods.lock().await.get_mut(&key) {
+                t.generation += 1;
             }
-            self.pods.lock().await.remove(&key);
-            self.pod_event(
-                "Normal",
-                "Killing",
-                &key.0,
-                &key.1,
-                "stopped the Pod's containers",
-            );
+            let me = self.clone();
+            tokio::spawn(async move {
+                tracing::info!(namespace = key.0, name = key.1, grace = ?tracked.grace(), "stopping a deleted Pod");
+                if let Err(e) = me.runner.stop(&tracked.running, tracked.grace()).await {
+                    tracing::warn!(error = %e, "stopping a deleted Pod");
+                }
+                me.pods.lock().await.remove(&key);
+                me.terminating.lock().await.remove(&key);
+                me.pod_event(
+                    "Normal",
+                    "Killing",
+                    &key.0,
+                    &key.1,
+                    "stopped the Pod's containers",
+                );
+            });
         }
         // Oldest first, so that of two Pods competing for a host port the earlier one wins.
         let mut order: Vec<((String, String), Value)> = wanted.into_iter().collect();

@@ -995,3 +995,45 @@ async fn runsc_failures_and_an_agent_killed_mid_start_leave_nothing_behind() {
         "one sandbox: the running Pod's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waiting_out_its_grace_period_holds_up_no_other_pod() {
+    let (dir, _cleanup, _agent, client, engine) = busybox_agent().await;
+    // A Pod that ignores SIGTERM: its deletion takes the whole grace period.
+    let stubborn = COUNTER_POD
+        .replace("NAME", "stubborn")
+        .replace("i=0;", "trap '' TERM; i=0;")
+        .replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: 8\n");
+    client.apply(&stubborn).await.unwrap();
+    wait_phase(&client, "stubborn", "Running").await;
+    client
+        .json(Method::DELETE, "/objects/Pod/default/stubborn", None)
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    client
+        .apply(&COUNTER_POD.replace("NAME", "other"))
+        .await
+        .unwrap();
+    wait_phase_within(&client, "other", "Running", Duration::from_secs(6)).await;
+    assert!(deleted.elapsed() < Duration::from_secs(8));
+    assert_eq!(
+        sandboxes(&engine).await.len(),
+        2,
+        "the deleted Pod is still in its grace period"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sandboxes(&engine).await.len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted Pod was never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(7),
+        "SIGTERM was ignored, so the grace period ran out before the kill ({:?})\n{}",
+        deleted.elapsed(),
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+}

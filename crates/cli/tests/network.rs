@@ -21,6 +21,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: NAME, namespace: default, labels: {app: web}}
 spec:
+  terminationGracePeriodSeconds: 2
   containers:
   - name: web
     image: localhost/busybox
@@ -285,6 +286,22 @@ async fn a_snapshot_of_a_networked_pod_restores_on_a_new_ip() {
     // The restored server answers at its new IP with what it had in memory.
     assert_eq!(serves(&copy_ip, 8080).await, format!("ip={origin_ip}"));
     assert_eq!(serves(&origin_ip, 8080).await, format!("ip={origin_ip}"));
+
+    // Deleting both leaves no network behind, the restored Pod's included.
+    for (pod, ip) in [(&copy, &copy_ip), (&origin, &origin_ip)] {
+        delete_pod(&client, pod["metadata"]["name"].as_str().unwrap()).await;
+        let id = sandbox_of(pod);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !leftovers(dir.path(), &id, ip).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the network of {id} stayed: {:?}\n{}",
+                leftovers(dir.path(), &id, ip),
+                std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,22 @@ fn respond(mut stream: TcpStream, status: &str, body: &str, content_type: &str) 
     );
 }
 
+/// Exits at SIGTERM, as a server should when its Pod is deleted: as PID 1 of its sandbox it
+/// would otherwise ignore the signal, and the Pod would wait out its whole grace period.
+fn exit_on_sigterm() {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    println!("SIGTERM: exiting");
+                    std::process::exit(0);
+                }
+            });
+        }
+        Err(e) => eprintln!("podsnap-demo-server: cannot handle SIGTERM: {e}"),
+    }
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -124,6 +140,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    exit_on_sigterm();
     let started = Instant::now();
     println!("building {} MiB of state", args.state_mib);
     let (state, checksum) = match build_state(&args) {

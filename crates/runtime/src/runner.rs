@@ -737,7 +737,11 @@ impl PodRunner {
     /// gone, so a process that exits at once would otherwise leave no code behind.
     fn record_exit_code(&self, spec: &mut ContainerSpec, pod_dir: &Path, name: &str) {
         let _ = std::fs::remove_file(status_dir(pod_dir, name).join("exit"));
-        let script = format!("\"$0\" \"$@\"; code=$?; echo $code > {STATUS_DIR}/exit; exit $code");
+        // The wrapper is the sandbox's PID 1: it must outlive a SIGTERM so that the app gets
+        // its grace period (a trap, unlike an ignored signal, is not inherited by the app).
+        let script = format!(
+            "trap : TERM; \"$0\" \"$@\"; code=$?; echo $code > {STATUS_DIR}/exit; exit $code"
+        );
         let mut args = vec![
             format!("{HELPER_DIR}/busybox"),
             "sh".into(),
