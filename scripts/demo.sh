@@ -13,9 +13,18 @@ agent_pid=""
 cleanup() {
   if [ -n "$agent_pid" ]; then
     $podsnap delete pod slow-server slow-server-replica --socket "$work/agent.sock" >/dev/null 2>&1 || true
-    sleep 3
+    # The agent stops deleted Pods and removes their networks; wait for it (at most 40 s).
+    for _ in $(seq 200); do
+      ls "$work/state/network/netns" 2>/dev/null | grep -q . || break
+      sleep 0.2
+    done
     kill "$agent_pid" 2>/dev/null || true
+    wait "$agent_pid" 2>/dev/null || true
   fi
+  # Whatever is still mounted under the demo's directory (an interrupted run) goes first.
+  { grep -o " $work/[^ ]*" /proc/self/mountinfo 2>/dev/null || true; } | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
