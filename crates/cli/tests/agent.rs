@@ -473,26 +473,7 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     let changed = counter_pod
         .replace("NAME", "changed")
         .replace("sleep 0.1", "sleep 0.2");
-    client.apply(&changed).await.unwrap();
-    let cold = wait_phase(&client, "changed", "Running").await;
-    assert!(
-        cold["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["type"] != "PodRestored")
-    );
-    let events = client
-        .json(Method::GET, "/events?namespace=default&name=changed", None)
-        .await
-        .unwrap();
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["reason"].as_str())
-        .collect();
-    assert!(reasons.contains(&"HashMismatch"), "{reasons:?}");
+    apply_expecting_cold_start(&client, &changed, "changed", "HashMismatch").await;
 
     // The agent's metrics count what happened.
     let metrics = client
@@ -847,30 +828,12 @@ async fn groups_keep_their_newest_snapshot_and_pins_choose_or_refuse() {
     assert!(manifest(&taken[1]).exists());
 
     // Another group has no snapshot: cold, with the reason.
-    client
-        .apply(&grouped_pod("silver", "silver", None))
-        .await
-        .unwrap();
-    let silver = wait_phase(&client, "silver", "Running").await;
-    assert!(condition_of(&silver, "PodRestored").is_null());
-    assert!(
-        event_reasons(&client, "silver")
-            .await
-            .contains(&"NoSnapshot".to_owned())
-    );
+    let silver = grouped_pod("silver", "silver", None);
+    apply_expecting_cold_start(&client, &silver, "silver", "NoSnapshot").await;
 
     // A pin to the pruned snapshot never falls back to the one that exists.
-    client
-        .apply(&grouped_pod("pinned-gone", "gold", Some(&taken[0])))
-        .await
-        .unwrap();
-    let gone = wait_phase(&client, "pinned-gone", "Running").await;
-    assert!(condition_of(&gone, "PodRestored").is_null());
-    assert!(
-        event_reasons(&client, "pinned-gone")
-            .await
-            .contains(&"PinnedSnapshotUnusable".to_owned())
-    );
+    let gone = grouped_pod("pinned-gone", "gold", Some(&taken[0]));
+    apply_expecting_cold_start(&client, &gone, "pinned-gone", "PinnedSnapshotUnusable").await;
     // A pin to the existing one restores from it.
     client
         .apply(&grouped_pod("pinned", "gold", Some(&taken[1])))

@@ -2,45 +2,18 @@
 //! sandboxes, containers inside them, exec, kill, wait, checkpoint and restore of memory state,
 //! and clean failures.
 
+#[path = "../../../tests/support/busybox_root.rs"]
+mod busybox_root;
+#[path = "../../../tests/support/shell_spec.rs"]
+mod shell_spec;
+
+use busybox_root::busybox_root;
 use podsnap_engine::gvisor::SandboxCleanup;
-use std::collections::BTreeMap;
+use shell_spec::shell_spec as spec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podsnap_engine::{
-    ContainerSpec, Engine, EngineError, GvisorConfig, GvisorEngine, Network, Status,
-};
-
-/// A root file system with a static busybox (Debian's busybox-static, installed by the set-up).
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed by scripts/setup.sh");
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "cat", "echo", "hostname", "ps"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    root
-}
-
-fn spec(id: &str, rootfs: &Path, dir: &Path, script: &str) -> ContainerSpec {
-    ContainerSpec {
-        id: id.into(),
-        rootfs: rootfs.to_path_buf(),
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        user: (0, 0),
-        hostname: "test-pod".into(),
-        mounts: Vec::new(),
-        log_file: dir.join(format!("{id}.log")),
-        annotations: BTreeMap::new(),
-    }
-}
+use podsnap_engine::{Engine, EngineError, GvisorConfig, GvisorEngine, Network, Status};
 
 async fn engine(dir: &Path) -> GvisorEngine {
     GvisorEngine::new(GvisorConfig::new(dir.join("state")))
@@ -335,4 +308,12 @@ async fn failures_are_clear_and_leave_nothing_behind() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("host network"), "{err}");
+}
+
+/// A root file system with a static busybox under `dir/rootfs`.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    busybox_root(
+        &dir.join("rootfs"),
+        &["sh", "sleep", "cat", "echo", "hostname", "ps"],
+    )
 }

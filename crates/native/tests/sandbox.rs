@@ -2,47 +2,22 @@
 //! overlay root, exec, member containers, kill/delete leaving nothing behind, freeze/thaw,
 //! time offsets, and records that a restarted agent reads again.
 
-use std::collections::BTreeMap;
+#[path = "../../../tests/support/busybox_root.rs"]
+mod busybox_root;
+#[path = "../../../tests/support/shell_spec.rs"]
+mod shell_spec;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use podsnap_engine::{ContainerSpec, Engine, Network, Status};
+use busybox_root::busybox_root;
+use podsnap_engine::{Engine, Network, Status};
 use podsnap_native::engine::{
     NativeCleanup, NativeConfig, NativeEngine, SandboxOptions, list_containers,
 };
 use podsnap_native::sandbox::TimeOffsets;
+use shell_spec::shell_spec as spec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A root file system with a static busybox (Debian's busybox-static, installed by the set-up).
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed by scripts/setup.sh");
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "cat", "echo", "hostname", "ls", "readlink"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    root
-}
-
-fn spec(id: &str, rootfs: &Path, dir: &Path, script: &str) -> ContainerSpec {
-    ContainerSpec {
-        id: id.into(),
-        rootfs: rootfs.to_path_buf(),
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        user: (0, 0),
-        hostname: "test-pod".into(),
-        mounts: Vec::new(),
-        log_file: dir.join(format!("{id}.log")),
-        annotations: BTreeMap::new(),
-    }
-}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -361,4 +336,12 @@ async fn failures_say_what_failed_and_leave_nothing() {
         e.contains("checkpoint of native Pods is not available yet"),
         "{e}"
     );
+}
+
+/// A root file system with a static busybox under `dir/rootfs`.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    busybox_root(
+        &dir.join("rootfs"),
+        &["sh", "sleep", "cat", "echo", "hostname", "ls", "readlink"],
+    )
 }

@@ -2,23 +2,24 @@
 //! init containers, an emptyDir shared with the main container, env expansion, exec, logs,
 //! stopping; and failures that leave nothing behind.
 
+#[path = "../../../tests/support/busybox_root.rs"]
+mod busybox_root;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use busybox_root::busybox_root;
 use k8s_openapi::api::core::v1::Pod;
 use podsnap_engine::{Engine, GvisorConfig, GvisorEngine};
 use podsnap_image::{ImageConfig, ImageStore};
 use podsnap_runtime::{PodRunner, RuntimeError};
 
 fn busybox_image(dir: &Path, store: &ImageStore) {
-    let root = dir.join("busybox-root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "httpd", "wget", "echo", "cat", "sleep", "hostname"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    let root = busybox_root(
+        &dir.join("busybox-root"),
+        &["sh", "httpd", "wget", "echo", "cat", "sleep", "hostname"],
+    );
     let config = ImageConfig {
         entrypoint: vec!["/bin/sh".into()],
         env: vec!["PATH=/bin".into()],

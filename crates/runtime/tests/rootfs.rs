@@ -3,24 +3,27 @@
 //! added, rewritten and deleted files, permissions, a replaced directory — in a multi-container
 //! Pod whose containers run as another user.
 
+#[path = "../../../tests/support/busybox_root.rs"]
+mod busybox_root;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use busybox_root::busybox_root;
 use k8s_openapi::api::core::v1::Pod;
 use podsnap_engine::{GvisorConfig, GvisorEngine};
 use podsnap_image::{ImageConfig, ImageStore};
 use podsnap_runtime::PodRunner;
 
 fn image(dir: &Path, store: &ImageStore) {
-    let root = dir.join("image-root");
-    for d in ["bin", "etc/conf.d", "data", "tmp"] {
+    let root = busybox_root(
+        &dir.join("image-root"),
+        &[
+            "sh", "cat", "sleep", "ls", "stat", "echo", "rm", "mkdir", "chmod",
+        ],
+    );
+    for d in ["etc/conf.d", "data"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "cat", "sleep", "ls", "stat", "echo", "rm", "mkdir", "chmod",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     std::fs::write(root.join("etc/app.conf"), "mode=cold\n").unwrap();
     std::fs::write(root.join("etc/obsolete"), "old\n").unwrap();

@@ -1,10 +1,14 @@
 //! Helpers shared by the end-to-end tests that drive a `podsnap serve` process.
 #![allow(dead_code)]
 
+#[path = "../../../../tests/support/busybox_root.rs"]
+mod busybox_root;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use busybox_root::busybox_root;
 use hyper::Method;
 pub use podsnap_agent::client::Client;
 use podsnap_engine::gvisor::SandboxCleanup;
@@ -127,15 +131,12 @@ pub async fn busybox_agent() -> (
 }
 
 pub fn busybox_image(dir: &Path) {
-    let root = dir.join("busybox-root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat", "rm",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    let root = busybox_root(
+        &dir.join("busybox-root"),
+        &[
+            "sh", "httpd", "wget", "echo", "sleep", "touch", "[", "cat", "rm",
+        ],
+    );
     let store = ImageStore::open(dir.join("images")).unwrap();
     let config = ImageConfig {
         entrypoint: vec!["/bin/sh".into()],
@@ -255,6 +256,20 @@ pub async fn run_trigger(client: &Client, trigger: &str, target: &str) -> Value 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Applies Pod `yaml` named `name`, waits until it runs, and checks that it started cold, not
+/// restored, with an event of `reason` saying why.
+pub async fn apply_expecting_cold_start(client: &Client, yaml: &str, name: &str, reason: &str) {
+    client.apply(yaml).await.unwrap();
+    let pod = wait_phase(client, name, "Running").await;
+    assert!(
+        condition_of(&pod, "PodRestored").is_null(),
+        "{name} was restored: {}",
+        pod["status"]
+    );
+    let reasons = event_reasons(client, name).await;
+    assert!(reasons.iter().any(|r| r == reason), "{name}: {reasons:?}");
 }
 
 /// The reasons of the events recorded for object `name` in namespace default.
