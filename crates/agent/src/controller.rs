@@ -111,7 +111,6 @@ pub struct Controller {
     /// that an in-place resume cannot bring a deleted Pod's sandbox back.
     pub(crate) checkpointing: Arc<Mutex<std::collections::HashSet<PodKey>>>,
     pub(crate) pods: Arc<Mutex<HashMap<(String, String), Tracked>>>,
-    failed: Arc<Mutex<HashMap<String, String>>>,
     relays: Arc<Mutex<HashMap<PodKey, Vec<tokio::task::JoinHandle<()>>>>>,
     /// Deleted Pods being stopped: each in its own task, as a grace period can take a while
     /// and must not hold up other Pods.
@@ -211,7 +210,6 @@ impl Controller {
             checkpointing: Arc::new(Mutex::new(std::collections::HashSet::new())),
             metrics: crate::metrics::Metrics::default(),
             pods: Arc::new(Mutex::new(HashMap::new())),
-            failed: Arc::new(Mutex::new(HashMap::new())),
             relays: Arc::new(Mutex::new(HashMap::new())),
             terminating: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
@@ -474,10 +472,7 @@ impl Controller {
                 value["status"]["phase"].as_str(),
                 Some("Failed" | "Succeeded")
             );
-            if terminal
-                || self.pods.lock().await.contains_key(&key)
-                || self.failed.lock().await.contains_key(&uid)
-            {
+            if terminal || self.pods.lock().await.contains_key(&key) {
                 continue;
             }
             self.start(&key, &uid, &value).await;
@@ -492,13 +487,8 @@ impl Controller {
         let pod: Pod = match serde_json::from_value(value.clone()) {
             Ok(p) => p,
             Err(e) => {
-                self.fail(
-                    key,
-                    uid,
-                    "InvalidSpec",
-                    &format!("the Pod cannot be read: {e}"),
-                )
-                .await;
+                self.fail(key, "InvalidSpec", &format!("the Pod cannot be read: {e}"))
+                    .await;
                 return;
             }
         };
@@ -518,7 +508,7 @@ impl Controller {
                     }
                     Err(message) => {
                         let _ = self.runner.stop(&tracked.running, Duration::ZERO).await;
-                        self.fail(key, uid, "PortConflict", &message).await;
+                        self.fail(key, "PortConflict", &message).await;
                         return;
                     }
                 }
@@ -542,16 +532,13 @@ impl Controller {
                 self.probe_containers(namespace, name, &tracked);
                 self.pods.lock().await.insert(key.clone(), tracked);
             }
-            Err(e) => self.fail(key, uid, "FailedCreate", &e.to_string()).await,
+            Err(e) => self.fail(key, "FailedCreate", &e.to_string()).await,
         }
     }
 
-    async fn fail(&self, key: &(String, String), uid: &str, reason: &str, message: &str) {
+    /// Marks the Pod Failed (a terminal phase: it is not started again) with an event.
+    async fn fail(&self, key: &(String, String), reason: &str, message: &str) {
         let (namespace, name) = key;
-        self.failed
-            .lock()
-            .await
-            .insert(uid.to_owned(), message.to_owned());
         let _ = self
             .store
             .event("Warning", reason, "Pod", namespace, name, message);
