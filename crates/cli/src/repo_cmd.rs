@@ -258,6 +258,9 @@ pub async fn run(command: RepoCommand) -> Result<()> {
                 let kind = match stream.chunking {
                     Chunking::Fixed { size } => format!("fixed {}", human(u64::from(size))),
                     Chunking::Cdc { avg, .. } => format!("cdc avg {}", human(u64::from(avg))),
+                    Chunking::PageCdc { avg, .. } => {
+                        format!("page-aligned cdc avg {}", human(u64::from(avg)))
+                    }
                 };
                 println!(
                     "stream        {}: {} in {} chunks ({zero} zero), {kind}",

@@ -4,9 +4,10 @@
 //! A snapshot is a versioned manifest plus named streams cut into chunks. Chunks are addressed
 //! by the BLAKE3 hash of their plain content, compressed with zstd (kept raw when that does not
 //! pay), optionally encrypted, and stored once per repository; memory images use fixed,
-//! page-aligned chunks (an address maps to a chunk directly), files use FastCDC. Writes stream
-//! with bounded memory and upload only missing chunks, manifest last; reads verify every chunk
-//! and can serve single chunks ahead of a background fill. The format is in
+//! page-aligned chunks (an address maps to a chunk directly), page files page-aligned
+//! content-defined chunks ([`pagecdc`]: memory dedups when pages shift), files use FastCDC.
+//! Writes stream with bounded memory and upload only missing chunks, manifest last; reads
+//! verify every chunk and can serve single chunks ahead of a background fill. The format is in
 //! `docs/repository-format.md`.
 //!
 //! This crate stores and fetches bytes. It must not know about Pods, engines or Kubernetes:
@@ -21,6 +22,7 @@ pub mod format;
 pub mod key;
 pub mod layout;
 pub mod location;
+pub mod pagecdc;
 pub mod progress;
 pub mod reader;
 pub mod repo;

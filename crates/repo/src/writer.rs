@@ -433,5 +433,14 @@ fn cut_into_chunks<R: Read>(
                 }
             }
         }
+        Chunking::PageCdc { .. } => {
+            let params = chunking.page_cdc_params().expect("page CDC parameters");
+            let result = crate::pagecdc::cut_stream(source, &params, |chunk| {
+                tx.blocking_send(Ok(chunk)).is_ok()
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
     }
 }
