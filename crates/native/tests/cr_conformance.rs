@@ -206,7 +206,7 @@ fn a_taken_pid_and_a_corrupt_image_are_clear_errors() {
     child.wait().unwrap();
 
     // Corrupt page data: refused before any process is made.
-    let pages = img.join("pages.img");
+    let pages = img.join(format!("pages-{pid}.img"));
     let mut data = std::fs::read(&pages).unwrap();
     let last = data.len() - 1;
     data[last] ^= 0xff;
@@ -221,11 +221,43 @@ fn a_taken_pid_and_a_corrupt_image_are_clear_errors() {
     let m = std::fs::read_to_string(img.join("manifest.json")).unwrap();
     std::fs::write(
         img.join("manifest.json"),
-        m.replacen("\"version\": 1", "\"version\": 99", 1),
+        m.replacen("\"version\": 2", "\"version\": 99", 1),
     )
     .unwrap();
     let err = cr::restore(&img, &RestoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("version"), "{err}");
     // SAFETY: kill has no memory arguments (the PID is free: nothing must run there).
     assert_eq!(unsafe { libc::kill(pid, 0) }, -1);
+}
+
+#[test]
+fn threads_keep_their_tids_names_tls_and_a_waiting_condition_variable() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("threads", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
+    let (cs, rs) = cycle(child, dir.path(), &result);
+    assert_eq!((cs.threads, rs.threads), (9, 9));
+}
+
+#[test]
+fn a_tree_keeps_pipes_with_buffered_bytes_sessions_groups_and_parenthood() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("tree", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
+    let (cs, rs) = cycle(child, dir.path(), &result);
+    assert_eq!((cs.processes, rs.processes), (3, 3));
+}
+
+#[test]
+fn eventfd_timerfd_signalfd_epoll_shared_offsets_queued_signals_and_itimers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("kinds", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[dir.path(), &result]);
+    cycle(child, dir.path(), &result);
 }

@@ -1,29 +1,31 @@
-//! Checkpoint of one single-threaded process.
+//! Checkpoint of a process tree: every process and thread under a root process.
 //!
-//! Saved: general registers (fs_base/gs_base included) and the XSAVE area, the signal mask,
-//! every signal disposition, the alternate signal stack, clear_child_tid, the robust futex
-//! list, the rseq registration, brk and the `PR_SET_MM_MAP` layout with the auxiliary vector,
-//! cwd, umask, personality, no_new_privs, comm; every mapping (private anonymous with its
-//! present non-zero pages; private file mappings with their changed pages; the vDSO block by
-//! position only); files opened by path (regular files, directories, `/dev/null`, `/dev/zero`,
-//! `/dev/urandom`, `/dev/random`) with flags and offset; standard input, output and error on a
-//! terminal, pipe or socket as "stdio" (re-opened where the restorer says).
+//! The tree is walked through `/proc/PID/task/TID/children` and every thread is stopped with
+//! `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, walking again until no new process or thread appears.
+//! Then, for each process, parents first: general registers (fs_base/gs_base included), the
+//! XSAVE area, the signal mask, pending signals (per thread and shared), the alternate signal
+//! stack, clear_child_tid, the robust futex list and the rseq registration of every thread,
+//! with its name; every signal disposition, brk and the `PR_SET_MM_MAP` layout with the
+//! auxiliary vector, cwd, umask, personality, no_new_privs, credentials, capabilities,
+//! resource limits and armed interval timers, comm, parent, process group and session; every
+//! mapping (private anonymous with its present non-zero pages; private file mappings with
+//! their changed pages; the vDSO block by position only); the fds (see [`super::files`]).
 //!
-//! Refused (an error naming the process and the resource, nothing written): more than one
-//! thread, child processes, seccomp, pending signals, armed interval timers, POSIX timers,
-//! shared mappings (incl. memfd and SysV shm), mappings of deleted files, sockets, pipes and
-//! terminals beyond stdio, eventfd/epoll/timerfd/signalfd and other anonymous inodes, other
-//! devices, deleted-but-open files.
+//! Refused (an error naming the process and the resource, nothing written): seccomp, a
+//! tracer, zombies, POSIX timers, shared mappings (incl. memfd and SysV shm), mappings of
+//! deleted files, the fds [`super::files`] refuses.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::info;
 
+use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
-use super::model::{Backing, Fd, FdKind, MmLayout, ProcessImage, SigAction, ThreadState, Vma};
+use super::model::{Backing, Caps, MmLayout, ProcessImage, SigAction, ThreadState, Vma, to_hex};
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
 use super::{CrError, Result};
@@ -31,21 +33,25 @@ use super::{CrError, Result};
 /// How to checkpoint.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
-    /// Let the process run on afterwards (default: kill it once the image is durable, so that
-    /// its PID is free for the restore).
+    /// Let the processes run on afterwards (default: kill them once the image is durable, so
+    /// that their PIDs are free for the restore).
     pub leave_running: bool,
 }
 
 /// What a checkpoint did, for people.
 #[derive(Debug, Clone)]
 pub struct CheckpointStats {
-    /// The process.
+    /// The root process.
     pub pid: i32,
+    /// Processes saved.
+    pub processes: usize,
+    /// Threads saved.
+    pub threads: usize,
     /// Mappings saved.
     pub vmas: usize,
     /// Bytes of page data written.
     pub page_bytes: u64,
-    /// How long the process was stopped.
+    /// How long the processes were stopped.
     pub frozen: Duration,
 }
 
@@ -57,88 +63,175 @@ fn refused(pid: i32, resource: impl Into<String>, hint: impl Into<String>) -> Cr
     }
 }
 
-/// Checkpoints process `pid` into the directory `dir`.
-pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
-    preflight(pid)?;
-    let ppid = Stat::parse(&procfs::read_text(pid, "stat")?)
-        .and_then(|s| s.field(4))
-        .unwrap_or(0) as i32;
-    let t0 = Instant::now();
-    sys::seize(pid)?;
-    sys::interrupt(pid)?;
-    let mut deferred = Vec::new();
-    loop {
-        match sys::wait(pid)? {
-            Wait::Stopped(_, ev) if ev == libc::PTRACE_EVENT_STOP => break,
-            Wait::Stopped(sig, 0) => {
-                // A signal on its way in: let it be delivered, then take the interrupt stop.
-                sys::cont(pid, sig)?;
+/// The processes of a tree, parents first, each with its threads (main thread first).
+type Tree = Vec<(i32, Vec<i32>)>;
+
+/// Walks the tree under `root` (pre-order, children in PID order).
+fn walk(root: i32) -> Result<Tree> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|source| CrError::Proc {
+                pid,
+                what: "listing threads".into(),
+                source,
+            })?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable_by_key(|t| (*t != pid, *t));
+        let mut children = Vec::new();
+        for t in &tids {
+            let c = procfs::read_text(pid, &format!("task/{t}/children")).unwrap_or_default();
+            children.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+        children.sort_unstable();
+        stack.extend(children.into_iter().rev());
+        out.push((pid, tids));
+    }
+    Ok(out)
+}
+
+/// Every thread seized, stopped and accounted for; detached on drop unless `release`d.
+struct Stopped {
+    tids: Vec<i32>,
+    /// Signals that arrived while stopping or injecting, per process: sent again later.
+    deferred: BTreeMap<i32, Vec<i32>>,
+    keep: bool,
+}
+
+impl Stopped {
+    fn detach_all(&mut self) {
+        for &t in &self.tids {
+            let _ = sys::detach(t, 0);
+        }
+        for (pid, sigs) in std::mem::take(&mut self.deferred) {
+            for s in sigs {
+                let _ = sys::kill(pid, s);
             }
-            Wait::Stopped(_, _) => sys::cont(pid, 0)?,
+        }
+        self.tids.clear();
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.detach_all();
+        }
+    }
+}
+
+/// Stops one seized thread at its interrupt, letting signals on their way in be delivered.
+fn stop_thread(tid: i32) -> Result<()> {
+    sys::interrupt(tid)?;
+    loop {
+        match sys::wait(tid)? {
+            Wait::Stopped(_, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
+            Wait::Stopped(sig, 0) => sys::cont(tid, sig)?,
+            Wait::Stopped(_, _) => sys::cont(tid, 0)?,
             other => {
                 return Err(CrError::Unexpected {
-                    pid,
+                    pid: tid,
                     what: format!("ended while being stopped for the checkpoint: {other:?}"),
                 });
             }
         }
     }
-    let result = dump(pid, dir, &mut deferred);
-    let frozen = t0.elapsed();
-    match result {
-        Ok((vmas, page_bytes)) => {
-            if opts.leave_running {
-                sys::detach(pid, 0)?;
-                for s in deferred {
-                    let _ = sys::kill(pid, s);
+}
+
+/// Seizes and stops every thread of the tree, walking it again until it no longer changes.
+fn stop_tree(root: i32, stopped: &mut Stopped) -> Result<Tree> {
+    let mut seized = BTreeSet::new();
+    loop {
+        let tree = walk(root)?;
+        let mut new = 0;
+        for (pid, tids) in &tree {
+            if !seized.contains(pid) {
+                preflight(*pid)?;
+            }
+            for &t in tids {
+                if seized.insert(t) {
+                    sys::seize(t)?;
+                    stopped.tids.push(t);
+                    stop_thread(t)?;
+                    new += 1;
                 }
-            } else {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                // The tracer sees the death first, then the parent, which reaps it. When this
-                // process is both, leave the zombie to the parent's own wait.
-                sys::wait_exit(pid, ppid == std::process::id() as i32);
             }
-            info!(pid, vmas, page_bytes, ?frozen, "checkpointed");
-            Ok(CheckpointStats {
-                pid,
-                vmas,
-                page_bytes,
-                frozen,
-            })
         }
-        Err(e) => {
-            let _ = sys::detach(pid, 0);
-            for s in deferred {
-                let _ = sys::kill(pid, s);
-            }
-            Err(e)
+        if new == 0 {
+            return Ok(tree);
         }
     }
 }
 
-/// Refusals that need no stop: threads, children, seccomp.
+/// Checkpoints the process tree under `pid` into the directory `dir`.
+pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
+    let root_ppid = Stat::parse(&procfs::read_text(pid, "stat")?)
+        .and_then(|s| s.field(4))
+        .unwrap_or(0) as i32;
+    let t0 = Instant::now();
+    let mut stopped = Stopped {
+        tids: Vec::new(),
+        deferred: BTreeMap::new(),
+        keep: false,
+    };
+    let tree = stop_tree(pid, &mut stopped)?;
+    let (processes, page_bytes) = dump_tree(&tree, dir, &mut stopped.deferred)?;
+    let frozen = t0.elapsed();
+    let threads = tree.iter().map(|(_, t)| t.len()).sum();
+    let vmas = processes.iter().map(|p| p.vmas.len()).sum();
+    let manifest = Manifest {
+        magic: image::MAGIC.into(),
+        version: image::VERSION,
+        kernel_release: kernel_release(),
+        processes,
+    };
+    image::write_manifest(dir, &manifest)?;
+    if opts.leave_running {
+        stopped.detach_all();
+    } else {
+        stopped.keep = true;
+        for (p, _) in &tree {
+            let _ = sys::kill(*p, libc::SIGKILL);
+        }
+        // The tracer sees each death first, then the parent, which reaps it. When this
+        // process is the root's parent too, the root's zombie is left to its own wait.
+        // A thread group's leader is reported only after its other threads: children and
+        // threads first.
+        for (_, tids) in tree.iter().rev() {
+            for &t in tids.iter().rev() {
+                sys::wait_exit(t, t == pid && root_ppid == std::process::id() as i32);
+            }
+        }
+    }
+    info!(
+        pid,
+        processes = tree.len(),
+        threads,
+        vmas,
+        page_bytes,
+        ?frozen,
+        "checkpointed"
+    );
+    Ok(CheckpointStats {
+        pid,
+        processes: tree.len(),
+        threads,
+        vmas,
+        page_bytes,
+        frozen,
+    })
+}
+
+/// Refusals that need no stop: zombies, seccomp, another tracer.
 fn preflight(pid: i32) -> Result<()> {
     let status = procfs::read_text(pid, "status")?;
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|source| CrError::Proc {
-            pid,
-            what: "listing threads".into(),
-            source,
-        })?
-        .count();
-    if tasks > 1 {
+    if procfs::status_field(&status, "State").is_some_and(|s| s.starts_with('Z')) {
         return Err(refused(
             pid,
-            format!("{tasks} threads"),
-            "multi-threaded processes are not supported yet",
-        ));
-    }
-    let children = procfs::read_text(pid, &format!("task/{pid}/children"))?;
-    if !children.trim().is_empty() {
-        return Err(refused(
-            pid,
-            format!("child processes {}", children.trim()),
-            "only single processes are supported yet, not process trees",
+            "a zombie process",
+            "its parent has not reaped it yet; retry once it has",
         ));
     }
     if procfs::status_field(&status, "Seccomp") != Some("0") {
@@ -158,20 +251,38 @@ fn preflight(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Everything, with the process stopped; the process is left as it was found (code and
-/// registers) whether this succeeds or not.
-fn dump(pid: i32, dir: &Path, deferred: &mut Vec<i32>) -> Result<(usize, u64)> {
-    let status = procfs::read_text(pid, "status")?;
-    for key in ["SigPnd", "ShdPnd"] {
-        let v = procfs::status_field(&status, key).unwrap_or("0");
-        if u64::from_str_radix(v, 16).unwrap_or(1) != 0 {
-            return Err(refused(
-                pid,
-                format!("pending signals ({key} {v})"),
-                "pending signals are not saved yet; retry",
-            ));
-        }
+/// Every process of the stopped tree; the page bytes written.
+fn dump_tree(
+    tree: &Tree,
+    dir: &Path,
+    deferred: &mut BTreeMap<i32, Vec<i32>>,
+) -> Result<(Vec<ProcessImage>, u64)> {
+    let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
+    let internal = files::internal_pipes(&pids)?;
+    let mut table = files::FileTable::default();
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (i, (pid, tids)) in tree.iter().enumerate() {
+        let d = deferred.entry(*pid).or_default();
+        let p = dump(*pid, i == 0, tids, dir, d, &mut table, &internal)?;
+        bytes += p.pages.data_len;
+        out.push(p);
     }
+    Ok((out, bytes))
+}
+
+/// One process, stopped; it is left as it was found (code and registers) whether this
+/// succeeds or not.
+fn dump(
+    pid: i32,
+    is_root: bool,
+    tids: &[i32],
+    dir: &Path,
+    deferred: &mut Vec<i32>,
+    table: &mut files::FileTable,
+    internal: &BTreeSet<u64>,
+) -> Result<ProcessImage> {
+    let status = procfs::read_text(pid, "status")?;
     let timers = procfs::read_text(pid, "timers").unwrap_or_default();
     if !timers.trim().is_empty() {
         return Err(refused(
@@ -180,20 +291,35 @@ fn dump(pid: i32, dir: &Path, deferred: &mut Vec<i32>) -> Result<(usize, u64)> {
             "timer_create timers are not saved yet",
         ));
     }
-    let regs = sys::get_regs(pid)?;
-    let xstate = sys::get_xstate(pid)?;
-    let sigmask = sys::get_sigmask(pid)?;
-    let rseq = sys::get_rseq(pid)?;
-    let robust_list = sys::get_robust_list(pid)?;
-
-    let injected = inject_queries(pid, deferred)?;
-
     let stat =
         Stat::parse(&procfs::read_text(pid, "stat")?).ok_or_else(|| CrError::Unexpected {
             pid,
             what: "unreadable /proc/PID/stat".into(),
         })?;
     let f = |n| stat.field(n).unwrap_or(0);
+
+    let (process_state, thread_queries) = inject_queries(pid, tids, deferred)?;
+    let mut threads = Vec::new();
+    for (&tid, q) in tids.iter().zip(thread_queries) {
+        threads.push(ThreadState {
+            tid,
+            comm: procfs::read_text(pid, &format!("task/{tid}/comm"))?
+                .trim_end_matches('\n')
+                .to_string(),
+            regs: sys::get_regs(tid)?.into(),
+            xstate: to_hex(&sys::get_xstate(tid)?),
+            sigmask: sys::get_sigmask(tid)?,
+            pending: sys::peek_siginfo(tid, false)?
+                .iter()
+                .map(|s| to_hex(s))
+                .collect(),
+            altstack: q.altstack,
+            clear_child_tid: q.clear_child_tid,
+            robust_list: sys::get_robust_list(tid)?,
+            rseq: sys::get_rseq(tid)?,
+        });
+    }
+
     let mm = MmLayout {
         start_code: f(26),
         end_code: f(27),
@@ -201,7 +327,7 @@ fn dump(pid: i32, dir: &Path, deferred: &mut Vec<i32>) -> Result<(usize, u64)> {
         start_data: f(45),
         end_data: f(46),
         start_brk: f(47),
-        brk: injected.brk,
+        brk: process_state.brk,
         arg_start: f(48),
         arg_end: f(49),
         env_start: f(50),
@@ -235,15 +361,29 @@ fn dump(pid: i32, dir: &Path, deferred: &mut Vec<i32>) -> Result<(usize, u64)> {
         .filter(|m| m.path != "[vsyscall]")
         .map(|m| vma_of(pid, m))
         .collect::<Result<Vec<_>>>()?;
-    let fds = read_fds(pid)?;
+    let fds = files::read_fds(pid, table, internal)?;
 
-    let mut writer = PagesWriter::create(dir)?;
+    let mut writer = PagesWriter::create(dir, &image::pages_file_name(pid))?;
     dump_pages(pid, &vmas, &mut writer)?;
     let pages = writer.finish()?;
-    let page_bytes = pages.data_len;
 
-    let process = ProcessImage {
+    let hex_caps = |k: &str| {
+        procfs::status_field(&status, k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    let mut rlimits = Vec::new();
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15).
+    for r in 0..16u32 {
+        let (soft, hard) = sys::get_rlimit(pid, r)?;
+        rlimits.push((r, soft, hard));
+    }
+    Ok(ProcessImage {
         pid,
+        ppid: if is_root { 0 } else { f(4) as i32 },
+        pgid: f(5) as i32,
+        sid: f(6) as i32,
+        exit_signal: f(38) as i32,
         comm: procfs::read_text(pid, "comm")?
             .trim_end_matches('\n')
             .to_string(),
@@ -257,31 +397,32 @@ fn dump(pid: i32, dir: &Path, deferred: &mut Vec<i32>) -> Result<(usize, u64)> {
         no_new_privs: procfs::status_field(&status, "NoNewPrivs") == Some("1"),
         uids: procfs::status_ids(&status, "Uid").unwrap_or_default(),
         gids: procfs::status_ids(&status, "Gid").unwrap_or_default(),
+        groups: procfs::status_field(&status, "Groups")
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+        caps: Caps {
+            inheritable: hex_caps("CapInh"),
+            permitted: hex_caps("CapPrm"),
+            effective: hex_caps("CapEff"),
+            bounding: hex_caps("CapBnd"),
+            ambient: hex_caps("CapAmb"),
+        },
+        rlimits,
+        itimers: process_state.itimers,
         mm,
         vmas,
         fds,
-        sigactions: injected.sigactions,
-        thread: ThreadState {
-            regs: regs.into(),
-            xstate: super::model::to_hex(&xstate),
-            sigmask,
-            altstack: injected.altstack,
-            clear_child_tid: injected.clear_child_tid,
-            robust_list,
-            rseq,
-        },
+        sigactions: process_state.sigactions,
+        shared_pending: sys::peek_siginfo(pid, true)?
+            .iter()
+            .map(|s| to_hex(s))
+            .collect(),
+        threads,
         deferred_signals: deferred.clone(),
-    };
-    let manifest = Manifest {
-        magic: image::MAGIC.into(),
-        version: image::VERSION,
-        kernel_release: kernel_release(),
-        process,
         pages,
-    };
-    let n = manifest.process.vmas.len();
-    image::write_manifest(dir, &manifest)?;
-    Ok((n, page_bytes))
+    })
 }
 
 /// `uname -r`.
@@ -291,22 +432,63 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-struct Injected {
+/// What the main thread says for its process.
+struct ProcessQueries {
     sigactions: Vec<SigAction>,
-    altstack: (u64, i32, u64),
-    clear_child_tid: u64,
     brk: u64,
+    itimers: Vec<(u32, u64, u64)>,
 }
 
-/// Asks the process what only it can say, by syscalls injected at its instruction pointer
-/// (3 bytes of code patched and put back; a scratch page mapped and unmapped).
-fn inject_queries(pid: i32, deferred: &mut Vec<i32>) -> Result<Injected> {
+/// What each thread says for itself.
+struct ThreadQueries {
+    altstack: (u64, i32, u64),
+    clear_child_tid: u64,
+}
+
+/// Asks the process and each of its threads what only they can say, by syscalls injected at
+/// the main thread's instruction pointer (3 bytes of code patched and put back) and, for the
+/// others, through a scratch page mapped for the purpose and unmapped after.
+fn inject_queries(
+    pid: i32,
+    tids: &[i32],
+    deferred: &mut Vec<i32>,
+) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
     let mut inj = Injector::new(pid)?;
     let orig_regs = inj.base;
     let mut orig_code = [0u8; 3];
     inj.read(inj.code, &mut orig_code)?;
     inj.write(inj.code, &TRAMPOLINE_CODE)?;
-    let result = queries(&mut inj);
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let scratch = inj.call(
+        "mmap of a scratch area",
+        libc::SYS_mmap,
+        [0, 2 * PAGE, rwx, flags, u64::MAX, 0],
+    );
+    let result = scratch.and_then(|scratch| {
+        let out = (|| {
+            inj.write(scratch, &TRAMPOLINE_CODE)?;
+            let data = scratch + PAGE;
+            let process = process_queries(&mut inj, data)?;
+            let mut threads = vec![thread_queries(&mut inj, data)?];
+            for &tid in &tids[1..] {
+                let mut t = Injector::new(tid)?;
+                t.code = scratch;
+                let q = thread_queries(&mut t, data);
+                let put_back = sys::set_regs(tid, &t.base);
+                deferred.append(&mut t.deferred);
+                threads.push(q?);
+                put_back?;
+            }
+            Ok((process, threads))
+        })();
+        inj.call(
+            "munmap of the scratch area",
+            libc::SYS_munmap,
+            [scratch, 2 * PAGE, 0, 0, 0, 0],
+        )?;
+        out
+    });
     // Put everything back, whatever happened.
     let put_back = inj
         .write(orig_regs.rip, &orig_code)
@@ -317,91 +499,75 @@ fn inject_queries(pid: i32, deferred: &mut Vec<i32>) -> Result<Injected> {
     Ok(out)
 }
 
-fn queries(inj: &mut Injector) -> Result<Injected> {
-    let pid = inj.pid;
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let scratch = inj.call(
-        "mmap of a scratch page",
-        libc::SYS_mmap,
-        [0, PAGE, rw, flags, u64::MAX, 0],
-    )?;
-    let out = (|| {
-        let mut sigactions = Vec::new();
-        let mut buf = [0u8; 32];
-        for sig in 1..=64u64 {
-            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-                continue;
-            }
-            inj.call(
-                &format!("rt_sigaction({sig}) query"),
-                libc::SYS_rt_sigaction,
-                [sig, 0, scratch, 8, 0, 0],
-            )?;
-            inj.read(scratch, &mut buf)?;
-            let w = |i: usize| u64::from_ne_bytes(buf[i * 8..i * 8 + 8].try_into().expect("8"));
-            sigactions.push(SigAction {
-                sig: sig as u32,
-                handler: w(0),
-                flags: w(1),
-                restorer: w(2),
-                mask: w(3),
-            });
+fn process_queries(inj: &mut Injector, scratch: u64) -> Result<ProcessQueries> {
+    let mut sigactions = Vec::new();
+    let mut buf = [0u8; 32];
+    for sig in 1..=64u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
         }
         inj.call(
-            "sigaltstack query",
-            libc::SYS_sigaltstack,
-            [0, scratch, 0, 0, 0, 0],
+            &format!("rt_sigaction({sig}) query"),
+            libc::SYS_rt_sigaction,
+            [sig, 0, scratch, 8, 0, 0],
         )?;
-        let mut ss = [0u8; 24];
-        inj.read(scratch, &mut ss)?;
-        let altstack = (
-            u64::from_ne_bytes(ss[0..8].try_into().expect("8")),
-            i32::from_ne_bytes(ss[8..12].try_into().expect("4")),
-            u64::from_ne_bytes(ss[16..24].try_into().expect("8")),
-        );
+        inj.read(scratch, &mut buf)?;
+        let w = |i: usize| u64::from_ne_bytes(buf[i * 8..i * 8 + 8].try_into().expect("8"));
+        sigactions.push(SigAction {
+            sig: sig as u32,
+            handler: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+        });
+    }
+    let brk = inj.call("brk(0)", libc::SYS_brk, [0; 6])?;
+    let mut itimers = Vec::new();
+    for which in 0..3u32 {
         inj.call(
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::SYS_prctl,
-            [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+            &format!("getitimer({which})"),
+            libc::SYS_getitimer,
+            [which as u64, scratch, 0, 0, 0, 0],
         )?;
-        let mut w = [0u8; 8];
-        inj.read(scratch, &mut w)?;
-        let clear_child_tid = u64::from_ne_bytes(w);
-        let brk = inj.call("brk(0)", libc::SYS_brk, [0; 6])?;
-        for (which, name) in [
-            (0u64, "ITIMER_REAL"),
-            (1, "ITIMER_VIRTUAL"),
-            (2, "ITIMER_PROF"),
-        ] {
-            inj.call(
-                &format!("getitimer({name})"),
-                libc::SYS_getitimer,
-                [which, scratch, 0, 0, 0, 0],
-            )?;
-            let mut it = [0u8; 32];
-            inj.read(scratch, &mut it)?;
-            if it.iter().any(|&b| b != 0) {
-                return Err(refused(
-                    pid,
-                    format!("an armed interval timer ({name})"),
-                    "interval timers are not saved yet",
-                ));
-            }
+        let mut it = [0u8; 32];
+        inj.read(scratch, &mut it)?;
+        let w = |i: usize| u64::from_ne_bytes(it[i * 8..i * 8 + 8].try_into().expect("8"));
+        let (interval, value) = (w(0) * 1_000_000 + w(1), w(2) * 1_000_000 + w(3));
+        if value != 0 || interval != 0 {
+            itimers.push((which, interval, value));
         }
-        Ok(Injected {
-            sigactions,
-            altstack,
-            clear_child_tid,
-            brk,
-        })
-    })();
+    }
+    Ok(ProcessQueries {
+        sigactions,
+        brk,
+        itimers,
+    })
+}
+
+fn thread_queries(inj: &mut Injector, scratch: u64) -> Result<ThreadQueries> {
     inj.call(
-        "munmap of the scratch page",
-        libc::SYS_munmap,
-        [scratch, PAGE, 0, 0, 0, 0],
+        "sigaltstack query",
+        libc::SYS_sigaltstack,
+        [0, scratch, 0, 0, 0, 0],
     )?;
-    out
+    let mut ss = [0u8; 24];
+    inj.read(scratch, &mut ss)?;
+    let altstack = (
+        u64::from_ne_bytes(ss[0..8].try_into().expect("8")),
+        i32::from_ne_bytes(ss[8..12].try_into().expect("4")),
+        u64::from_ne_bytes(ss[16..24].try_into().expect("8")),
+    );
+    inj.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let mut w = [0u8; 8];
+    inj.read(scratch, &mut w)?;
+    Ok(ThreadQueries {
+        altstack,
+        clear_child_tid: u64::from_ne_bytes(w),
+    })
 }
 
 /// One mapping, or a refusal.
@@ -468,70 +634,6 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma> {
         advice,
         backing,
     })
-}
-
-const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
-
-/// Every fd, or a refusal.
-fn read_fds(pid: i32) -> Result<Vec<Fd>> {
-    let mut nums: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_err(|source| CrError::Proc {
-            pid,
-            what: "listing fds".into(),
-            source,
-        })?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    nums.sort_unstable();
-    let mut fds = Vec::new();
-    for fd in nums {
-        let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
-        let (pos, flags) = procfs::parse_fdinfo(&procfs::read_text(pid, &format!("fdinfo/{fd}"))?)
-            .ok_or_else(|| CrError::Unexpected {
-                pid,
-                what: format!("unreadable /proc/PID/fdinfo/{fd}"),
-            })?;
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-        let is_tty = link.starts_with("/dev/pts/") || link.starts_with("/dev/tty");
-        let kind =
-            if fd <= 2 && (link.starts_with("pipe:[") || link.starts_with("socket:[") || is_tty) {
-                FdKind::Stdio { was: link }
-            } else if link.starts_with('/') && !link.ends_with(" (deleted)") {
-                let md = md.ok_or_else(|| {
-                    refused(
-                        pid,
-                        format!("fd {fd} ({link})"),
-                        "its file cannot be stat'ed",
-                    )
-                })?;
-                if md.is_file() || md.is_dir() || DEVICES.contains(&link.as_str()) {
-                    FdKind::Path {
-                        path: link,
-                        flags,
-                        pos,
-                        seekable: md.is_file(),
-                    }
-                } else {
-                    return Err(refused(
-                        pid,
-                        format!("fd {fd} ({link})"),
-                        "of devices only /dev/null, /dev/zero, /dev/urandom and /dev/random are \
-                     supported",
-                    ));
-                }
-            } else {
-                let hint = if link.ends_with(" (deleted)") {
-                    "deleted-but-open files are not supported yet"
-                } else {
-                    "only files opened by path are supported yet (and pipes, sockets and terminals \
-                 as stdin/stdout/stderr)"
-                };
-                return Err(refused(pid, format!("fd {fd} ({link})"), hint));
-            };
-        debug!(pid, fd, ?kind, "fd");
-        fds.push(Fd { fd, kind });
-    }
-    Ok(fds)
 }
 
 const PM_PRESENT: u64 = 1 << 63;

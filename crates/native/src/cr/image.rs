@@ -1,10 +1,11 @@
 //! The image on disk: a directory with
 //!
-//! - `manifest.json`: `{"magic": "podsnap-native-image", "version": 1, ...}` — the process
-//!   state ([`ProcessImage`]), the kernel release it was taken on, and the page index;
-//! - `pages.img`: a 16-byte header (`PSNPAGES`, format version, page size, little-endian) and
-//!   then the saved pages, run after run; the manifest holds its data length, its CRC-32 and
-//!   the index (address, page count, offset of each run).
+//! - `manifest.json`: `{"magic": "podsnap-native-image", "version": 2, ...}` — the kernel
+//!   release it was taken on and the process tree: every process's state ([`ProcessImage`],
+//!   parents before children), with the name and index of its page file;
+//! - `pages-<pid>.img`, one per process: a 16-byte header (`PSNPAGES`, page-file format
+//!   version, page size, little-endian) and then the saved pages, run after run; the manifest
+//!   holds its data length, its CRC-32 and the index (address, page count, offset of each run).
 //!
 //! The manifest is written last, by rename, so a directory without one holds no image.
 //! [`read_image`] validates everything (magic, version, lengths, index, checksum) before a
@@ -22,12 +23,17 @@ use super::{CrError, Result};
 
 /// The manifest's magic string.
 pub const MAGIC: &str = "podsnap-native-image";
-/// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The manifest format version this code writes and reads.
+pub const VERSION: u32 = 2;
+/// The page-file format version this code writes and reads.
+pub const PAGES_VERSION: u32 = 1;
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
-/// The page file's name.
-pub const PAGES: &str = "pages.img";
+
+/// The page file of process `pid`.
+pub fn pages_file_name(pid: i32) -> String {
+    format!("pages-{pid}.img")
+}
 /// The page file's magic.
 pub const PAGES_MAGIC: &[u8; 8] = b"PSNPAGES";
 /// Length of the page file's header.
@@ -44,15 +50,15 @@ pub struct Manifest {
     pub version: u32,
     /// `uname -r` of the kernel it was taken on (the vDSO must be the same).
     pub kernel_release: String,
-    /// The process.
-    pub process: ProcessImage,
-    /// The page file and its index.
-    pub pages: PagesInfo,
+    /// The processes, the root first, every parent before its children.
+    pub processes: Vec<ProcessImage>,
 }
 
 /// The page file's description.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct PagesInfo {
+    /// The file's name in the image directory.
+    pub file: String,
     /// Bytes of page data after the header.
     pub data_len: u64,
     /// CRC-32 (IEEE) of the page data.
@@ -87,6 +93,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> CrError {
 
 /// Writes the page file run by run.
 pub struct PagesWriter {
+    name: String,
     path: PathBuf,
     out: BufWriter<File>,
     crc: crc32fast::Hasher,
@@ -95,17 +102,18 @@ pub struct PagesWriter {
 }
 
 impl PagesWriter {
-    /// Creates `dir/pages.img` (the directory is created if needed).
-    pub fn create(dir: &Path) -> Result<PagesWriter> {
+    /// Creates the page file `dir/name` (the directory is created if needed).
+    pub fn create(dir: &Path, name: &str) -> Result<PagesWriter> {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "creating the directory"))?;
-        let path = dir.join(PAGES);
+        let path = dir.join(name);
         let file = File::create(&path).map_err(io_err(&path, "creating"))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut header = PAGES_MAGIC.to_vec();
-        header.extend(VERSION.to_le_bytes());
+        header.extend(PAGES_VERSION.to_le_bytes());
         header.extend((PAGE as u32).to_le_bytes());
         out.write_all(&header).map_err(io_err(&path, "writing"))?;
         Ok(PagesWriter {
+            name: name.to_string(),
             path,
             out,
             crc: crc32fast::Hasher::new(),
@@ -145,6 +153,7 @@ impl PagesWriter {
             .map_err(|e| io_err(&self.path, "writing")(e.into_error()))?;
         file.sync_all().map_err(io_err(&self.path, "syncing"))?;
         Ok(PagesInfo {
+            file: self.name,
             data_len: self.len,
             crc32: self.crc.finalize(),
             runs: self.runs,
@@ -180,9 +189,9 @@ impl PagesFile {
     }
 }
 
-/// Reads and validates an image: the manifest (magic, version, index) and the page file
-/// (header, length, checksum).
-pub fn read_image(dir: &Path) -> Result<(Manifest, PagesFile)> {
+/// Reads and validates an image: the manifest (magic, version, tree, indexes) and every page
+/// file (header, length, checksum); the page files in the order of the processes.
+pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
     let mpath = dir.join(MANIFEST);
     let text = std::fs::read(&mpath).map_err(io_err(
         &mpath,
@@ -197,7 +206,10 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, PagesFile)> {
     if version != Some(VERSION as u64) {
         return Err(bad(
             &mpath,
-            format!("format version {version:?}, this podsnap reads version {VERSION}"),
+            format!(
+                "format version {version:?}, this podsnap reads version {VERSION}: take the \
+                 checkpoint again with this podsnap"
+            ),
         ));
     }
     let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
@@ -206,17 +218,63 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, PagesFile)> {
             format!("does not match format version {VERSION}: {e}"),
         )
     })?;
-    check_index(&mpath, &manifest.pages)?;
+    check_tree(&mpath, &manifest.processes)?;
+    let mut files = Vec::new();
+    for p in &manifest.processes {
+        check_index(&mpath, &p.pages)?;
+        files.push(open_pages(dir, &p.pages)?);
+    }
+    Ok((manifest, files))
+}
 
-    let ppath = dir.join(PAGES);
+/// The tree must be non-empty, its PIDs and TIDs unique and positive, every parent before its
+/// children, every process with a main thread whose TID is its PID.
+fn check_tree(path: &Path, processes: &[ProcessImage]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    if processes.is_empty() {
+        return Err(bad(path, "no processes"));
+    }
+    for (i, p) in processes.iter().enumerate() {
+        let parent_ok = if i == 0 {
+            p.ppid == 0
+        } else {
+            processes[..i].iter().any(|q| q.pid == p.ppid)
+        };
+        if !parent_ok {
+            return Err(bad(
+                path,
+                format!("process {} comes before its parent {}", p.pid, p.ppid),
+            ));
+        }
+        if p.threads.first().is_none_or(|t| t.tid != p.pid) {
+            return Err(bad(path, format!("process {} has no main thread", p.pid)));
+        }
+        for t in &p.threads {
+            if t.tid <= 0 || !seen.insert(t.tid) {
+                return Err(bad(path, format!("TID {} is invalid or repeated", t.tid)));
+            }
+        }
+        if p.pages.file != pages_file_name(p.pid) {
+            return Err(bad(
+                path,
+                format!("process {}'s page file is named {:?}", p.pid, p.pages.file),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens and validates one page file against its description.
+fn open_pages(dir: &Path, info: &PagesInfo) -> Result<PagesFile> {
+    let ppath = dir.join(&info.file);
     let mut file = File::open(&ppath).map_err(io_err(&ppath, "opening"))?;
     let len = file.metadata().map_err(io_err(&ppath, "stat"))?.len();
-    if len != PAGES_HEADER + manifest.pages.data_len {
+    if len != PAGES_HEADER + info.data_len {
         return Err(bad(
             &ppath,
             format!(
                 "{len} bytes, the manifest says {} (truncated or not this image's)",
-                PAGES_HEADER + manifest.pages.data_len
+                PAGES_HEADER + info.data_len
             ),
         ));
     }
@@ -224,7 +282,7 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, PagesFile)> {
     file.read_exact(&mut header)
         .map_err(io_err(&ppath, "reading"))?;
     if &header[..8] != PAGES_MAGIC
-        || header[8..12] != VERSION.to_le_bytes()
+        || header[8..12] != PAGES_VERSION.to_le_bytes()
         || header[12..16] != (PAGE as u32).to_le_bytes()
     {
         return Err(bad(&ppath, "bad header (not a page file of this version)"));
@@ -238,10 +296,10 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, PagesFile)> {
         }
         crc.update(&buf[..n]);
     }
-    if crc.finalize() != manifest.pages.crc32 {
+    if crc.finalize() != info.crc32 {
         return Err(bad(&ppath, "checksum mismatch: the page data is corrupt"));
     }
-    Ok((manifest, PagesFile { file }))
+    Ok(PagesFile { file })
 }
 
 /// The index must be page-aligned, in address order, without overlaps, inside the data.
@@ -274,7 +332,7 @@ mod tests {
     #[test]
     fn runs_merge_when_contiguous() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PagesWriter::create(dir.path()).unwrap();
+        let mut w = PagesWriter::create(dir.path(), "pages-1.img").unwrap();
         w.add(0x1000, &[1u8; 4096]).unwrap();
         w.add(0x2000, &[2u8; 8192]).unwrap();
         w.add(0x8000, &[3u8; 4096]).unwrap();

@@ -1,24 +1,23 @@
-//! Checkpoint and restore of Linux processes, without code left in the target.
+//! Checkpoint and restore of Linux process trees, without code left in the target.
 //!
-//! This first slice handles one single-threaded process (see `docs` in [`checkpoint`] and
-//! [`restore`] for what is saved and what is refused):
-//!
-//! - [`checkpoint()`]: `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, registers and signal mask through
-//!   ptrace, everything `/proc` says (maps, smaps, pagemap, stat, auxv, fds, fdinfo), and what
-//!   only the process can say (signal handlers, alternate stack, clear_child_tid, brk,
-//!   itimers) through syscalls injected at its stopped instruction pointer. Anything this slice
-//!   cannot restore is refused with an error naming the process and the resource.
-//! - [`restore()`]: a seed process created with `clone3(set_tid)` so that it gets the same PID,
-//!   shaped by syscalls injected through a `syscall; int3` trampoline page: its own mappings
-//!   removed, the vDSO moved to the saved address, every saved mapping re-created and its saved
-//!   pages written, `PR_SET_MM_MAP` with the saved executable, files re-opened at their numbers
-//!   and offsets, signal handlers, registers last. The restore is planned by a pure function
-//!   ([`restore::plan_restore`]) and executed against the [`restore::SeedOps`] trait, so the
-//!   plan is tested without root.
-//! - [`image`]: the on-disk image (versioned JSON manifest + a page file with an index and a
-//!   checksum), validated completely before a restore starts.
+//! - [`checkpoint()`]: every thread of every process under a root is stopped with
+//!   `PTRACE_SEIZE` + `PTRACE_INTERRUPT`; registers, signal masks and pending signals through
+//!   ptrace, everything `/proc` says (maps, smaps, pagemap, stat, status, auxv, fds, fdinfo,
+//!   timers), shared open files found with `kcmp`, pipe contents copied with `tee`, and what
+//!   only a task can say (signal handlers, alternate stack, clear_child_tid, brk, itimers)
+//!   through syscalls injected at its stopped instruction pointer. Anything that cannot be
+//!   restored is refused with an error naming the process and the resource.
+//! - [`restore()`]: the root's seed is created with `clone3(set_tid)` so that it gets the
+//!   same PID; every other process and thread is created from its parent's seed by an
+//!   injected `clone3(set_tid)`; each is shaped by syscalls injected through a `syscall; int3`
+//!   trampoline page. The restore is planned by a pure function ([`restore::plan_restore`])
+//!   and executed against the [`restore::SeedOps`] trait, so the plan is tested without root.
+//! - [`files`]: what is saved of each kind of fd, and the calls that make it again.
+//! - [`image`]: the on-disk image (versioned JSON manifest + one page file per process with an
+//!   index and a checksum), validated completely before a restore starts.
 
 pub mod checkpoint;
+pub mod files;
 pub mod image;
 pub mod model;
 pub mod procfs;

@@ -5,11 +5,20 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One process: memory, files, signal dispositions and its (single) thread.
+/// One process: memory, files, signal dispositions, credentials and its threads.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ProcessImage {
     /// The PID it had, and gets back.
     pub pid: i32,
+    /// The PID of its parent in the image; 0 for the root of the tree (whose parent becomes
+    /// the restorer).
+    pub ppid: i32,
+    /// Its process group.
+    pub pgid: i32,
+    /// Its session.
+    pub sid: i32,
+    /// The signal its parent gets when it exits (`exit_signal`, normally `SIGCHLD`).
+    pub exit_signal: i32,
     /// `/proc/PID/comm`.
     pub comm: String,
     /// The executable (`/proc/PID/exe`).
@@ -26,6 +35,15 @@ pub struct ProcessImage {
     pub uids: [u32; 4],
     /// Real, effective, saved and filesystem group IDs.
     pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capability sets.
+    pub caps: Caps,
+    /// Resource limits: resource number, soft and hard limit.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Armed interval timers (`ITIMER_REAL`, `_VIRTUAL`, `_PROF`): which, interval and value
+    /// in microseconds.
+    pub itimers: Vec<(u32, u64, u64)>,
     /// The address-space layout that `PR_SET_MM_MAP` restores.
     pub mm: MmLayout,
     /// Every mapping, in address order.
@@ -34,10 +52,25 @@ pub struct ProcessImage {
     pub fds: Vec<Fd>,
     /// Dispositions of signals 1..=64 (except SIGKILL and SIGSTOP).
     pub sigactions: Vec<SigAction>,
-    /// The thread's state.
-    pub thread: ThreadState,
+    /// Signals pending for the whole process (raw `siginfo_t`, hex), queued again blocked.
+    pub shared_pending: Vec<String>,
+    /// Its threads; the first is the main thread (its TID is the PID).
+    pub threads: Vec<ThreadState>,
     /// Signals that arrived while the process was being checkpointed: sent again after restore.
     pub deferred_signals: Vec<i32>,
+    /// Its page file in the image directory and the index of that file.
+    pub pages: super::image::PagesInfo,
+}
+
+/// Capability sets, as `/proc/PID/status` shows them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[allow(missing_docs)]
+pub struct Caps {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
 }
 
 /// The `mm_struct` fields that `PR_SET_MM_MAP` sets.
@@ -148,6 +181,64 @@ pub enum FdKind {
         /// What it was (the `/proc/PID/fd` link), for information.
         was: String,
     },
+    /// The same open file (description) as fd `fd` of process `pid`, which comes earlier in
+    /// the image (a `dup`, or an fd inherited across `fork`): shares its offset and flags.
+    Dup {
+        /// The process holding the first fd of this open file.
+        pid: i32,
+        /// That fd.
+        fd: i32,
+        /// This fd's close-on-exec flag.
+        cloexec: bool,
+    },
+    /// One end of an unnamed pipe.
+    Pipe {
+        /// The pipe's inode at checkpoint: both ends of one pipe have the same.
+        inode: u64,
+        /// The write end (else the read end).
+        write: bool,
+        /// `O_NONBLOCK` and `O_CLOEXEC` as open flags.
+        flags: u32,
+        /// The pipe's buffer size (`F_GETPIPE_SZ`).
+        size: u32,
+        /// Bytes in the pipe at checkpoint (hex), written back on restore; kept on the first
+        /// end of the pipe in the image.
+        data: String,
+    },
+    /// An eventfd with its counter.
+    EventFd {
+        /// The counter.
+        count: u64,
+        /// `EFD_SEMAPHORE`, `EFD_NONBLOCK`, `EFD_CLOEXEC`.
+        flags: u32,
+    },
+    /// A signalfd with its signal mask.
+    SignalFd {
+        /// The signals it reads.
+        mask: u64,
+        /// `SFD_NONBLOCK`, `SFD_CLOEXEC`.
+        flags: u32,
+    },
+    /// A timerfd, armed again with its remaining time.
+    TimerFd {
+        /// Its clock.
+        clockid: i32,
+        /// `TFD_NONBLOCK`, `TFD_CLOEXEC`.
+        flags: u32,
+        /// Nanoseconds until it fires (0: disarmed).
+        value_ns: u64,
+        /// Its period in nanoseconds (0: one-shot).
+        interval_ns: u64,
+        /// Expirations not read yet (given back as an immediate expiry when non-zero).
+        ticks: u64,
+    },
+    /// An epoll instance and its interest list (registered again once every fd exists).
+    Epoll {
+        /// `EPOLL_CLOEXEC` as open flags.
+        flags: u32,
+        /// The watched fds: fd, events, user data.
+        watches: Vec<(i32, u32, u64)>,
+    },
 }
 
 /// A signal's disposition (`struct kernel_sigaction`).
@@ -164,12 +255,18 @@ pub struct SigAction {
 /// A thread's state.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ThreadState {
+    /// Its TID, which it gets back.
+    pub tid: i32,
+    /// Its name (`/proc/PID/task/TID/comm`).
+    pub comm: String,
     /// General registers (NT_PRSTATUS), as saved (syscall restart is decided at restore).
     pub regs: Regs,
     /// The XSAVE area (NT_X86_XSTATE), hex.
     pub xstate: String,
     /// The blocked signal mask.
     pub sigmask: u64,
+    /// Signals pending for this thread (raw `siginfo_t`, hex), queued again blocked.
+    pub pending: Vec<String>,
     /// `sigaltstack`: sp, flags, size.
     pub altstack: (u64, i32, u64),
     /// `set_tid_address` value (`PR_GET_TID_ADDRESS`).

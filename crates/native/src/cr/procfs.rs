@@ -109,6 +109,11 @@ impl Stat {
         ))
     }
 
+    /// The state letter (field 3): `R`, `S`, `D`, `T`, `t`, `Z`...
+    pub fn state(&self) -> Option<char> {
+        self.0.first()?.chars().next()
+    }
+
     /// Field `n` (1-based, `n >= 3`) as a number.
     pub fn field(&self, n: usize) -> Option<u64> {
         self.0.get(n.checked_sub(3)?)?.parse().ok()

@@ -1,35 +1,44 @@
-//! Restore of one process from an image, with its PID.
+//! Restore of a process tree from an image, with its PIDs and TIDs.
 //!
 //! 1. The image is read and validated completely ([`image::read_image`]), and checked against
-//!    this machine: same kernel release (the vDSO moves over as is), same credentials as the
-//!    restorer, every mapped file unchanged (size and modification time).
-//! 2. A seed is created with `clone3(set_tid = [pid])` — a fork of the restorer that makes
-//!    itself traced and stops. A PID in use is a clear error ([`CrError::PidTaken`]).
-//! 3. [`plan_restore`] (pure) turns the image and the seed's layout into the list of
-//!    operations, and [`execute`] runs it through [`SeedOps`]: unregister the seed's rseq, map
-//!    the `syscall; int3` trampoline at a free address, close the seed's fds, unmap the seed's
-//!    mappings, move its `[vvar]`/`[vvar_vclock]`/`[vdso]` to the saved place, map every
-//!    saved mapping, write the saved pages (through `/proc/PID/mem`, which reaches read-only
-//!    pages), `PR_SET_MM_MAP` with the executable's fd, cwd/umask/personality/comm, signal
-//!    dispositions, sigaltstack, clear_child_tid, robust list, rseq, files at their numbers
-//!    and offsets; then the signal mask, XSAVE area, and — stopped at the exit of the
-//!    trampoline's own `munmap` — the saved registers; detach.
-//! 4. On any error the seed is killed: never a half-restored process.
+//!    this machine: same kernel release (the vDSO moves over as is), every mapped file
+//!    unchanged (size and modification time), the page indexes inside the mappings.
+//! 2. The root's seed is created with `clone3(set_tid = [pid])` — a fork of the restorer that
+//!    makes itself traced and stops. A PID in use is a clear error ([`CrError::PidTaken`]).
+//! 3. [`plan_restore`] (pure) turns the images and the seed's layout into a list of
+//!    operations, each for one task, and [`execute`] runs it through [`SeedOps`]:
+//!    - the root seed unregisters its rseq and maps the `syscall; int3` trampoline at an
+//!      address free in every process's layout; every other process is then forked, parents
+//!      first, by an injected `clone3(set_tid)` in its parent's seed (inheriting the
+//!      trampoline), and takes its session and process group;
+//!    - each process closes the seed's fds, unmaps the seed's mappings, moves its
+//!      `[vvar]`/`[vvar_vclock]`/`[vdso]` to the saved place, maps every saved mapping, gets
+//!      its saved pages (through `/proc/PID/mem`, which reaches read-only pages),
+//!      `PR_SET_MM_MAP` with the executable's fd, cwd/umask/personality, signal
+//!      dispositions, interval timers and resource limits;
+//!    - the fds of every process (see [`super::files`]; shared ones taken with
+//!      `pidfd_getfd` from the process that has them first);
+//!    - the other threads, by an injected `clone3(CLONE_THREAD, set_tid)`; then per thread
+//!      its name, sigaltstack, clear_child_tid, robust list, rseq, credentials and
+//!      capabilities, signal mask, pending signals queued again, XSAVE area and registers —
+//!      the main thread last, stopped at the exit of the trampoline's own `munmap`;
+//!    - everything is detached at once.
+//! 4. On any error every seed is killed: never a half-restored tree.
 //!
-//! Standard input, output and error that were a terminal, pipe or socket are re-opened onto
-//! the files in [`RestoreOptions::stdio`] (default `/dev/null`; output files are created and
-//! appended to). The restored process is a child of the restorer (its parent, session and
-//! process group are not restored in this slice).
+//! Standard input, output and error that were a terminal, socket or a pipe leaving the tree
+//! are re-opened onto the files in [`RestoreOptions::stdio`] (default `/dev/null`; output
+//! files are created and appended to). The root becomes a child of the restorer.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::checkpoint::kernel_release;
+use super::files::FilePlanner;
 use super::image::{self, PAGE, PageRun, PagesFile};
-use super::model::{Backing, FdKind, ProcessImage, Regs, from_hex};
+use super::model::{Backing, Caps, ProcessImage, Regs, Vma, from_hex};
 use super::procfs::{self, MapEntry};
 use super::sys::{self, Cloned, Injector, TRAMPOLINE_CODE, Wait};
 use super::{CrError, Result};
@@ -37,17 +46,21 @@ use super::{CrError, Result};
 /// How to restore.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
-    /// Files for fds 0, 1 and 2 when they were a terminal, pipe or socket (default
-    /// `/dev/null`).
+    /// Files for fds 0, 1 and 2 when they were a terminal, socket or a pipe leaving the tree
+    /// (default `/dev/null`).
     pub stdio: [Option<PathBuf>; 3],
 }
 
 /// What a restore did.
 #[derive(Debug, Clone)]
 pub struct RestoreStats {
-    /// The restored process (its PID from the image).
+    /// The restored root process (its PID from the image).
     pub pid: i32,
-    /// Bytes of page data written into it.
+    /// Processes restored.
+    pub processes: usize,
+    /// Threads restored.
+    pub threads: usize,
+    /// Bytes of page data written into them.
     pub page_bytes: u64,
     /// Injected syscalls.
     pub syscalls: usize,
@@ -60,14 +73,42 @@ pub const TRAMPOLINE_LEN: u64 = 2 * PAGE;
 const VDSO_NAMES: [&str; 3] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
 const LOWEST_ADDR: u64 = 1 << 20;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// What the plan needs to know of the seed.
+/// What the plan needs to know of the root seed and the restorer.
 #[derive(Debug, Clone)]
 pub struct SeedLayout {
     /// Its mappings.
     pub maps: Vec<MapEntry>,
     /// Its rseq registration (address, length, signature), inherited from the restorer.
     pub rseq: Option<(u64, u32, u32)>,
+    /// Its credentials (those of the restorer): uids, gids, groups, capabilities.
+    pub creds: Creds,
+}
+
+/// Credentials of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// Real, effective, saved and filesystem user IDs.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem group IDs.
+    pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capability sets.
+    pub caps: Caps,
+}
+
+impl Creds {
+    fn of(p: &ProcessImage) -> Creds {
+        Creds {
+            uids: p.uids,
+            gids: p.gids,
+            groups: p.groups.clone(),
+            caps: p.caps,
+        }
+    }
 }
 
 /// What a syscall's result must be.
@@ -88,7 +129,7 @@ pub struct Call {
     pub nr: i64,
     /// Its arguments.
     pub args: [u64; 6],
-    /// Bytes to write into the seed first (at the address given), e.g. a path.
+    /// Bytes to write into the task first (at the address given), e.g. a path.
     pub data: Option<(u64, Vec<u8>)>,
     /// The result it must have.
     pub expect: Expect,
@@ -96,42 +137,125 @@ pub struct Call {
     pub what: String,
 }
 
-/// One step of a restore.
+/// One step of a restore, for one task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// Inject a syscall.
-    Syscall(Call),
-    /// Write `syscall; int3` at this (freshly mapped) address and inject through it from now.
+    /// Inject a syscall into task `tid`.
+    Syscall {
+        /// The task.
+        tid: i32,
+        /// The call.
+        call: Call,
+    },
+    /// Write `syscall; int3` at this (freshly mapped) address of the root seed and inject
+    /// through it from now (it is inherited by every process forked after).
     InstallTrampoline {
+        /// The root seed.
+        tid: i32,
         /// The trampoline's address.
         addr: u64,
     },
-    /// Write every saved page.
-    WritePages,
-    /// Signal mask, XSAVE area, unmap the trampoline, registers, detach.
-    Finish {
+    /// Inject a `clone3` into `tid` that creates task `child` (a process, or a thread), then
+    /// take the new task, stopped, and inject into it through the trampoline at `code`.
+    Clone {
+        /// The parent (or the thread group's main thread).
+        tid: i32,
+        /// The PID or TID the new task must get.
+        child: i32,
+        /// The `clone3` call.
+        call: Call,
+        /// The trampoline.
+        code: u64,
+    },
+    /// Write every saved page of process `pid`.
+    WritePages {
+        /// The process.
+        pid: i32,
+    },
+    /// Write bytes into a pipe through fd `fd` (its write end) of process `pid`.
+    FillPipe {
+        /// The process.
+        pid: i32,
+        /// The fd of the pipe's write end.
+        fd: i32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Set a resource limit of process `pid` (`prlimit` from outside).
+    SetRlimit {
+        /// The process.
+        pid: i32,
+        /// The resource.
+        resource: u32,
+        /// Soft limit.
+        soft: u64,
+        /// Hard limit.
+        hard: u64,
+    },
+    /// Set the blocked signal mask of task `tid`.
+    SetSigmask {
+        /// The task.
+        tid: i32,
+        /// The mask.
+        mask: u64,
+    },
+    /// XSAVE area and registers of a thread other than the main one (it stays stopped until
+    /// everything is released).
+    FinishThread {
+        /// The thread.
+        tid: i32,
+        /// The registers to resume with.
+        regs: Regs,
+        /// The XSAVE area.
+        xstate: Vec<u8>,
+    },
+    /// XSAVE area, unmap the trampoline, registers of a process's main thread.
+    FinishMain {
+        /// The main thread.
+        tid: i32,
         /// The trampoline to unmap.
         trampoline: u64,
         /// The registers to resume with.
         regs: Regs,
         /// The XSAVE area.
         xstate: Vec<u8>,
-        /// The blocked signal mask.
-        sigmask: u64,
+    },
+    /// Detach every task: the tree runs.
+    Release,
+    /// After the release, send signal `sig` to process `pid` (it arrived during the
+    /// checkpoint, or was pending and not blocked).
+    SignalAfter {
+        /// The process.
+        pid: i32,
+        /// The signal.
+        sig: i32,
     },
 }
 
-/// The privileged side of a restore: a stopped seed process. The real one injects through
+/// The privileged side of a restore: ptrace-stopped seed tasks. The real one injects through
 /// ptrace; tests use a recording double.
 pub trait SeedOps {
-    /// Injects syscall `nr`; its raw result (`-errno` on error).
-    fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64>;
-    /// Writes bytes into the seed's memory.
-    fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()>;
-    /// Injects through the `syscall; int3` at `addr` from now on.
-    fn set_code(&mut self, addr: u64);
-    /// Sets the mask and XSAVE area, unmaps the trampoline, sets the registers and detaches.
-    fn finish(&mut self, trampoline: u64, regs: &Regs, xstate: &[u8], sigmask: u64) -> Result<()>;
+    /// Injects syscall `nr` into task `tid`; its raw result (`-errno` on error).
+    fn syscall(&mut self, tid: i32, nr: i64, args: [u64; 6]) -> Result<i64>;
+    /// Writes bytes into the task's memory.
+    fn write_mem(&mut self, tid: i32, addr: u64, data: &[u8]) -> Result<()>;
+    /// Injects through the `syscall; int3` at `addr` of `tid` from now on.
+    fn set_code(&mut self, tid: i32, addr: u64);
+    /// Takes the task `tid` that an injected `clone3` just created, once it has stopped, and
+    /// injects into it through `code`.
+    fn adopt(&mut self, tid: i32, code: u64) -> Result<()>;
+    /// Writes bytes into the pipe behind fd `fd` of `pid`.
+    fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
+    /// Sets a resource limit of `pid`.
+    fn set_rlimit(&mut self, pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()>;
+    /// Sets the blocked signal mask of `tid`.
+    fn set_sigmask(&mut self, tid: i32, mask: u64) -> Result<()>;
+    /// Sets the XSAVE area and the registers of a stopped thread.
+    fn finish_thread(&mut self, tid: i32, regs: &Regs, xstate: &[u8]) -> Result<()>;
+    /// Sets the XSAVE area, unmaps the trampoline, sets the registers of a main thread.
+    fn finish_main(&mut self, tid: i32, trampoline: u64, regs: &Regs, xstate: &[u8]) -> Result<()>;
+    /// Detaches every task.
+    fn release(&mut self) -> Result<()>;
 }
 
 /// Page data by offset.
@@ -146,30 +270,37 @@ impl PageSource for PagesFile {
     }
 }
 
-fn call(nr: i64, args: [u64; 6], expect: Expect, what: impl Into<String>) -> Op {
-    Op::Syscall(Call {
-        nr,
-        args,
-        data: None,
-        expect,
-        what: what.into(),
-    })
+fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: impl Into<String>) -> Op {
+    Op::Syscall {
+        tid,
+        call: Call {
+            nr,
+            args,
+            data: None,
+            expect,
+            what: what.into(),
+        },
+    }
 }
 
 fn call_with(
+    tid: i32,
     nr: i64,
     args: [u64; 6],
     data: (u64, Vec<u8>),
     expect: Expect,
     what: impl Into<String>,
 ) -> Op {
-    Op::Syscall(Call {
-        nr,
-        args,
-        data: Some(data),
-        expect,
-        what: what.into(),
-    })
+    Op::Syscall {
+        tid,
+        call: Call {
+            nr,
+            args,
+            data: Some(data),
+            expect,
+            what: what.into(),
+        },
+    }
 }
 
 /// The lowest address `>= from` where `len` bytes overlap none of `used`.
@@ -189,7 +320,8 @@ pub fn find_gap(used: &[(u64, u64)], len: u64, from: u64) -> Option<u64> {
     (at + len <= TASK_SIZE).then_some(at)
 }
 
-fn cstr(s: &str) -> Result<Vec<u8>> {
+/// A path as a C string for the task, or an error.
+pub(crate) fn cstr(s: &str) -> Result<Vec<u8>> {
     if s.len() >= PAGE as usize || s.contains('\0') {
         return Err(CrError::Incompatible(format!(
             "path {s:?} is too long (or has a NUL) to be passed to the restored process"
@@ -200,39 +332,72 @@ fn cstr(s: &str) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-const OPEN_FLAGS_KEPT: i32 = libc::O_ACCMODE
-    | libc::O_APPEND
-    | libc::O_NONBLOCK
-    | libc::O_DSYNC
-    | libc::O_SYNC
-    | libc::O_DIRECT
-    | libc::O_LARGEFILE
-    | libc::O_DIRECTORY
-    | libc::O_NOFOLLOW
-    | libc::O_NOATIME
-    | libc::O_CLOEXEC
-    | libc::O_PATH;
+/// `struct clone_args` for a `clone3` with `set_tid = [tid]`, the array written at
+/// `set_tid_at`.
+fn clone_args(flags: u64, exit_signal: u64, set_tid_at: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(88);
+    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+    // set_tid_size, cgroup
+    for w in [flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_at, 1, 0] {
+        b.extend(w.to_ne_bytes());
+    }
+    b
+}
 
-/// The restore, step by step: pure, from the image, the seed's layout, the absolute paths
-/// for stdio and the XSAVE area.
+/// The `clone3` that makes task `child` in `parent`, with the call's data at `data`.
+fn clone_op(parent: i32, child: i32, flags: u64, exit_signal: u64, data: u64, code: u64) -> Op {
+    let set_tid_at = data + 128;
+    let mut bytes = clone_args(flags, exit_signal, set_tid_at);
+    bytes.resize(128, 0);
+    bytes.extend(child.to_ne_bytes());
+    let thread = flags & libc::CLONE_THREAD as u64 != 0;
+    Op::Clone {
+        tid: parent,
+        child,
+        call: Call {
+            nr: libc::SYS_clone3,
+            args: [data, 88, 0, 0, 0, 0],
+            data: Some((data, bytes)),
+            expect: Expect::Eq(child as u64),
+            what: format!(
+                "clone3 of {} {child}",
+                if thread { "thread" } else { "process" }
+            ),
+        },
+        code,
+    }
+}
+
+/// The restore, step by step: pure, from the images (parents first), the root seed's layout,
+/// the absolute paths for stdio and every thread's XSAVE area (by TID).
 pub fn plan_restore(
-    img: &ProcessImage,
+    images: &[ProcessImage],
     seed: &SeedLayout,
     stdio: &[String; 3],
-    xstate: Vec<u8>,
+    xstates: &BTreeMap<i32, Vec<u8>>,
 ) -> Result<Vec<Op>> {
     use libc::*;
+    let root = images
+        .first()
+        .ok_or_else(|| CrError::Incompatible("the image has no process".into()))?;
     let mut ops = Vec::new();
-    let mut used: Vec<(u64, u64)> = img.vmas.iter().map(|v| (v.start, v.end)).collect();
-    used.extend(seed.maps.iter().map(|m| (m.start, m.end.min(TASK_SIZE))));
+    let seed_used: Vec<(u64, u64)> = seed
+        .maps
+        .iter()
+        .map(|m| (m.start, m.end.min(TASK_SIZE)))
+        .collect();
+    let mut used = seed_used.clone();
+    for p in images {
+        used.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+    }
     let tramp = find_gap(&used, TRAMPOLINE_LEN, LOWEST_ADDR)
         .ok_or_else(|| CrError::Incompatible("no free address for the trampoline".into()))?;
-    used.push((tramp, tramp + TRAMPOLINE_LEN));
     let data = tramp + PAGE;
 
-    // Bootstrap, through the seed's own instruction pointer.
+    // The root seed: bootstrap through its own instruction pointer.
     if let Some((addr, len, sig)) = seed.rseq {
         ops.push(call(
+            root.pid,
             SYS_rseq,
             [addr, len as u64, 1, sig as u64, 0, 0],
             Expect::Zero,
@@ -240,6 +405,7 @@ pub fn plan_restore(
         ));
     }
     ops.push(call(
+        root.pid,
         SYS_mmap,
         [
             tramp,
@@ -252,8 +418,148 @@ pub fn plan_restore(
         Expect::Eq(tramp),
         format!("mmap of the trampoline at {tramp:#x}"),
     ));
-    ops.push(Op::InstallTrampoline { addr: tramp });
+    ops.push(Op::InstallTrampoline {
+        tid: root.pid,
+        addr: tramp,
+    });
+
+    // The tree, parents first, each with its session and process group.
+    plan_sessions(images, data, tramp, &mut ops);
+
+    // Each process's memory and attributes.
+    for p in images {
+        plan_process(p, seed, &seed_used, tramp, &mut ops)?;
+    }
+
+    // The fds of every process, then the temporaries gone.
+    let mut files = FilePlanner::new(data, stdio);
+    for p in images {
+        files.plan(p.pid, &p.fds, &mut ops)?;
+    }
+    files.close_temporaries(&mut ops);
+
+    // Threads, then each thread's own state, the main thread last.
+    let thread_flags =
+        (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM) as u64;
+    for p in images {
+        for t in &p.threads[1..] {
+            ops.push(clone_op(p.pid, t.tid, thread_flags, 0, data, tramp));
+        }
+    }
+    let mut after = Vec::new();
+    for p in images {
+        for t in p.threads.iter().rev() {
+            plan_thread(p, t, seed, data, &mut ops, &mut after)?;
+            let xstate = xstates.get(&t.tid).cloned().ok_or_else(|| {
+                CrError::Incompatible(format!("no XSAVE area for thread {}", t.tid))
+            })?;
+            ops.push(if t.tid == p.pid {
+                Op::FinishMain {
+                    tid: t.tid,
+                    trampoline: tramp,
+                    regs: t.regs.for_resume(),
+                    xstate,
+                }
+            } else {
+                Op::FinishThread {
+                    tid: t.tid,
+                    regs: t.regs.for_resume(),
+                    xstate,
+                }
+            });
+        }
+        after.extend(
+            p.deferred_signals
+                .iter()
+                .map(|&sig| Op::SignalAfter { pid: p.pid, sig }),
+        );
+    }
+    ops.push(Op::Release);
+    ops.extend(after);
+    Ok(ops)
+}
+
+/// Forks every process but the root from its parent's seed, parents first, and gives it its
+/// session and process group (as far as they can be made again: a group is joined only when
+/// a process of the tree made it).
+fn plan_sessions(images: &[ProcessImage], data: u64, tramp: u64, ops: &mut Vec<Op>) {
+    use libc::*;
+    let root = &images[0];
+    // (session, group) of each restored process, in the image's numbers; the root's are
+    // the restorer's unless it led them.
+    let mut now: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+    if root.sid == root.pid {
+        ops.push(call(
+            root.pid,
+            SYS_setsid,
+            [0; 6],
+            Expect::Eq(root.pid as u64),
+            "setsid",
+        ));
+    } else if root.pgid == root.pid {
+        ops.push(call(
+            root.pid,
+            SYS_setpgid,
+            [0; 6],
+            Expect::Zero,
+            "setpgid(0, 0)",
+        ));
+    }
+    now.insert(root.pid, (root.sid, root.pgid));
+    for p in &images[1..] {
+        ops.push(clone_op(
+            p.ppid,
+            p.pid,
+            0,
+            p.exit_signal as u64,
+            data,
+            tramp,
+        ));
+        let (mut sid, mut pgid) = now[&p.ppid];
+        if p.sid != sid && p.sid == p.pid {
+            ops.push(call(
+                p.pid,
+                SYS_setsid,
+                [0; 6],
+                Expect::Eq(p.pid as u64),
+                "setsid",
+            ));
+            (sid, pgid) = (p.pid, p.pid);
+        }
+        if p.pgid != pgid {
+            let exists = now.values().any(|&(s, g)| s == sid && g == p.pgid);
+            if p.pgid == p.pid || exists {
+                let target = if p.pgid == p.pid { 0 } else { p.pgid as u64 };
+                ops.push(call(
+                    p.pid,
+                    SYS_setpgid,
+                    [0, target, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("setpgid(0, {})", p.pgid),
+                ));
+                pgid = p.pgid;
+            }
+        }
+        now.insert(p.pid, (sid, pgid));
+    }
+}
+
+/// One process's memory and process-wide attributes.
+fn plan_process(
+    img: &ProcessImage,
+    seed: &SeedLayout,
+    seed_used: &[(u64, u64)],
+    tramp: u64,
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    use libc::*;
+    let pid = img.pid;
+    let data = tramp + PAGE;
+    let mut used: Vec<(u64, u64)> = img.vmas.iter().map(|v| (v.start, v.end)).collect();
+    used.extend_from_slice(seed_used);
+    used.push((tramp, tramp + TRAMPOLINE_LEN));
     ops.push(call(
+        pid,
         SYS_close_range,
         [0, u32::MAX as u64, 0, 0, 0, 0],
         Expect::Zero,
@@ -266,6 +572,7 @@ pub fn plan_restore(
             continue;
         }
         ops.push(call(
+            pid,
             SYS_munmap,
             [m.start, m.end - m.start, 0, 0, 0, 0],
             Expect::Zero,
@@ -275,151 +582,13 @@ pub fn plan_restore(
             ),
         ));
     }
-    let seed_vdso: Vec<&MapEntry> = seed
-        .maps
-        .iter()
-        .filter(|m| VDSO_NAMES.contains(&m.path.as_str()))
-        .collect();
-    let img_vdso: Vec<_> = img
-        .vmas
-        .iter()
-        .filter(|v| matches!(v.backing, Backing::Vdso { .. }))
-        .collect();
-    if img_vdso.is_empty() {
-        for m in &seed_vdso {
-            ops.push(call(
-                SYS_munmap,
-                [m.start, m.end - m.start, 0, 0, 0, 0],
-                Expect::Zero,
-                format!("munmap of the seed's {}", m.path),
-            ));
-        }
-    } else {
-        let same = seed_vdso.len() == img_vdso.len()
-            && seed_vdso.iter().zip(&img_vdso).all(|(s, t)| {
-                matches!(&t.backing, Backing::Vdso { name } if *name == s.path)
-                    && s.start - seed_vdso[0].start == t.start - img_vdso[0].start
-                    && s.end - s.start == t.end - t.start
-            });
-        if !same {
-            return Err(CrError::Incompatible(format!(
-                "the vDSO here ({:?}) is laid out unlike the image's ({:?})",
-                seed_vdso
-                    .iter()
-                    .map(|m| (&m.path, m.end - m.start))
-                    .collect::<Vec<_>>(),
-                img_vdso.iter().map(|v| v.len()).collect::<Vec<_>>()
-            )));
-        }
-        let s0 = seed_vdso[0].start;
-        let size = seed_vdso.last().map_or(0, |m| m.end) - s0;
-        let t0 = img_vdso[0].start;
-        let mut from = s0;
-        let mut moves = Vec::new();
-        if from != t0 {
-            if from < t0 + size && t0 < from + size {
-                let tmp = find_gap(&used, size, LOWEST_ADDR).ok_or_else(|| {
-                    CrError::Incompatible("no free address to move the vDSO through".into())
-                })?;
-                moves.push(tmp);
-            }
-            moves.push(t0);
-        }
-        for to in moves {
-            for m in &seed_vdso {
-                let len = m.end - m.start;
-                let (old, new) = (from + (m.start - s0), to + (m.start - s0));
-                ops.push(call(
-                    SYS_mremap,
-                    [
-                        old,
-                        len,
-                        len,
-                        (MREMAP_MAYMOVE | MREMAP_FIXED) as u64,
-                        new,
-                        0,
-                    ],
-                    Expect::Eq(new),
-                    format!("mremap of {} from {old:#x} to {new:#x}", m.path),
-                ));
-            }
-            from = to;
-        }
-    }
+    plan_vdso(img, seed, &used, ops)?;
 
     // The saved mappings.
     for v in &img.vmas {
-        let len = v.len();
-        let mut flags = MAP_PRIVATE | MAP_FIXED;
-        if v.growsdown {
-            flags |= MAP_GROWSDOWN;
-        }
-        match &v.backing {
-            Backing::Vdso { .. } => continue,
-            Backing::Anon { name } => ops.push(call(
-                SYS_mmap,
-                [
-                    v.start,
-                    len,
-                    v.prot as u64,
-                    (flags | MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
-                Expect::Eq(v.start),
-                format!(
-                    "mmap of anonymous memory {:#x}-{:#x} {}",
-                    v.start,
-                    v.end,
-                    name.as_deref().unwrap_or("")
-                ),
-            )),
-            Backing::File { path, offset, .. } => {
-                ops.push(call_with(
-                    SYS_openat,
-                    [
-                        AT_FDCWD as u64,
-                        data,
-                        (O_RDONLY | O_CLOEXEC) as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                    (data, cstr(path)?),
-                    Expect::Eq(0),
-                    format!("open of {path} to map it"),
-                ));
-                ops.push(call(
-                    SYS_mmap,
-                    [v.start, len, v.prot as u64, flags as u64, 0, *offset],
-                    Expect::Eq(v.start),
-                    format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
-                ));
-                ops.push(call(
-                    SYS_close,
-                    [0; 6],
-                    Expect::Zero,
-                    "close of the mapped file",
-                ));
-            }
-        }
-        for a in &v.advice {
-            let advice = match a.as_str() {
-                "dd" => MADV_DONTDUMP,
-                "wf" => MADV_WIPEONFORK,
-                "hg" => MADV_HUGEPAGE,
-                "nh" => MADV_NOHUGEPAGE,
-                _ => continue,
-            };
-            ops.push(call(
-                SYS_madvise,
-                [v.start, len, advice as u64, 0, 0, 0],
-                Expect::Zero,
-                format!("madvise({a}) of {:#x}-{:#x}", v.start, v.end),
-            ));
-        }
+        plan_vma(pid, v, data, ops)?;
     }
-    ops.push(Op::WritePages);
+    ops.push(Op::WritePages { pid });
 
     // The mm layout and the executable.
     let mm = &img.mm;
@@ -452,6 +621,7 @@ pub fn plan_restore(
     map.resize(128, 0);
     map.extend(&auxv);
     ops.push(call_with(
+        pid,
         SYS_openat,
         [
             AT_FDCWD as u64,
@@ -466,6 +636,7 @@ pub fn plan_restore(
         format!("open of the executable {}", img.exe),
     ));
     ops.push(call_with(
+        pid,
         SYS_prctl,
         [PR_SET_MM as u64, PR_SET_MM_MAP as u64, data, 104, 0, 0],
         (data, map),
@@ -473,6 +644,7 @@ pub fn plan_restore(
         "prctl(PR_SET_MM_MAP)",
     ));
     ops.push(call(
+        pid,
         SYS_close,
         [0; 6],
         Expect::Zero,
@@ -481,6 +653,7 @@ pub fn plan_restore(
 
     // Process attributes.
     ops.push(call_with(
+        pid,
         SYS_chdir,
         [data, 0, 0, 0, 0, 0],
         (data, cstr(&img.cwd)?),
@@ -488,26 +661,18 @@ pub fn plan_restore(
         format!("chdir to {}", img.cwd),
     ));
     ops.push(call(
+        pid,
         SYS_umask,
         [img.umask as u64, 0, 0, 0, 0, 0],
         Expect::Any,
         "umask",
     ));
     ops.push(call(
+        pid,
         SYS_personality,
         [img.personality, 0, 0, 0, 0, 0],
         Expect::Any,
         "personality",
-    ));
-    let mut comm = img.comm.as_bytes().to_vec();
-    comm.truncate(15);
-    comm.push(0);
-    ops.push(call_with(
-        SYS_prctl,
-        [PR_SET_NAME as u64, data, 0, 0, 0, 0],
-        (data, comm),
-        Expect::Zero,
-        "prctl(PR_SET_NAME)",
     ));
     for sa in &img.sigactions {
         let mut b = Vec::with_capacity(32);
@@ -515,6 +680,7 @@ pub fn plan_restore(
             b.extend(w.to_ne_bytes());
         }
         ops.push(call_with(
+            pid,
             SYS_rt_sigaction,
             [sa.sig as u64, data, 0, 8, 0, 0],
             (data, b),
@@ -522,9 +688,221 @@ pub fn plan_restore(
             format!("rt_sigaction({})", sa.sig),
         ));
     }
+    for &(which, interval, value) in &img.itimers {
+        let mut it = Vec::with_capacity(32);
+        for us in [interval, value] {
+            it.extend((us / 1_000_000).to_ne_bytes());
+            it.extend((us % 1_000_000).to_ne_bytes());
+        }
+        ops.push(call_with(
+            pid,
+            SYS_setitimer,
+            [which as u64, data, 0, 0, 0, 0],
+            (data, it),
+            Expect::Zero,
+            format!("setitimer({which})"),
+        ));
+    }
+    for &(resource, soft, hard) in &img.rlimits {
+        ops.push(Op::SetRlimit {
+            pid,
+            resource,
+            soft,
+            hard,
+        });
+    }
+    Ok(())
+}
 
-    // The thread.
-    let t = &img.thread;
+/// Moves the seed's vDSO block to the image's place (through a free place if they overlap).
+fn plan_vdso(
+    img: &ProcessImage,
+    seed: &SeedLayout,
+    used: &[(u64, u64)],
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    use libc::*;
+    let pid = img.pid;
+    let seed_vdso: Vec<&MapEntry> = seed
+        .maps
+        .iter()
+        .filter(|m| VDSO_NAMES.contains(&m.path.as_str()))
+        .collect();
+    let img_vdso: Vec<&Vma> = img
+        .vmas
+        .iter()
+        .filter(|v| matches!(v.backing, Backing::Vdso { .. }))
+        .collect();
+    if img_vdso.is_empty() {
+        for m in &seed_vdso {
+            ops.push(call(
+                pid,
+                SYS_munmap,
+                [m.start, m.end - m.start, 0, 0, 0, 0],
+                Expect::Zero,
+                format!("munmap of the seed's {}", m.path),
+            ));
+        }
+        return Ok(());
+    }
+    let same = seed_vdso.len() == img_vdso.len()
+        && seed_vdso.iter().zip(&img_vdso).all(|(s, t)| {
+            matches!(&t.backing, Backing::Vdso { name } if *name == s.path)
+                && s.start - seed_vdso[0].start == t.start - img_vdso[0].start
+                && s.end - s.start == t.end - t.start
+        });
+    if !same {
+        return Err(CrError::Incompatible(format!(
+            "the vDSO here ({:?}) is laid out unlike the image's ({:?})",
+            seed_vdso
+                .iter()
+                .map(|m| (&m.path, m.end - m.start))
+                .collect::<Vec<_>>(),
+            img_vdso.iter().map(|v| v.len()).collect::<Vec<_>>()
+        )));
+    }
+    let s0 = seed_vdso[0].start;
+    let size = seed_vdso.last().map_or(0, |m| m.end) - s0;
+    let t0 = img_vdso[0].start;
+    let mut from = s0;
+    let mut moves = Vec::new();
+    if from != t0 {
+        if from < t0 + size && t0 < from + size {
+            let tmp = find_gap(used, size, LOWEST_ADDR).ok_or_else(|| {
+                CrError::Incompatible("no free address to move the vDSO through".into())
+            })?;
+            moves.push(tmp);
+        }
+        moves.push(t0);
+    }
+    for to in moves {
+        for m in &seed_vdso {
+            let len = m.end - m.start;
+            let (old, new) = (from + (m.start - s0), to + (m.start - s0));
+            ops.push(call(
+                pid,
+                SYS_mremap,
+                [
+                    old,
+                    len,
+                    len,
+                    (MREMAP_MAYMOVE | MREMAP_FIXED) as u64,
+                    new,
+                    0,
+                ],
+                Expect::Eq(new),
+                format!("mremap of {} from {old:#x} to {new:#x}", m.path),
+            ));
+        }
+        from = to;
+    }
+    Ok(())
+}
+
+/// One saved mapping, with its advice.
+fn plan_vma(pid: i32, v: &Vma, data: u64, ops: &mut Vec<Op>) -> Result<()> {
+    use libc::*;
+    let len = v.len();
+    let mut flags = MAP_PRIVATE | MAP_FIXED;
+    if v.growsdown {
+        flags |= MAP_GROWSDOWN;
+    }
+    match &v.backing {
+        Backing::Vdso { .. } => return Ok(()),
+        Backing::Anon { name } => ops.push(call(
+            pid,
+            SYS_mmap,
+            [
+                v.start,
+                len,
+                v.prot as u64,
+                (flags | MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+            Expect::Eq(v.start),
+            format!(
+                "mmap of anonymous memory {:#x}-{:#x} {}",
+                v.start,
+                v.end,
+                name.as_deref().unwrap_or("")
+            ),
+        )),
+        Backing::File { path, offset, .. } => {
+            ops.push(call_with(
+                pid,
+                SYS_openat,
+                [
+                    AT_FDCWD as u64,
+                    data,
+                    (O_RDONLY | O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+                (data, cstr(path)?),
+                Expect::Eq(0),
+                format!("open of {path} to map it"),
+            ));
+            ops.push(call(
+                pid,
+                SYS_mmap,
+                [v.start, len, v.prot as u64, flags as u64, 0, *offset],
+                Expect::Eq(v.start),
+                format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
+            ));
+            ops.push(call(
+                pid,
+                SYS_close,
+                [0; 6],
+                Expect::Zero,
+                "close of the mapped file",
+            ));
+        }
+    }
+    for a in &v.advice {
+        let advice = match a.as_str() {
+            "dd" => MADV_DONTDUMP,
+            "wf" => MADV_WIPEONFORK,
+            "hg" => MADV_HUGEPAGE,
+            "nh" => MADV_NOHUGEPAGE,
+            _ => continue,
+        };
+        ops.push(call(
+            pid,
+            SYS_madvise,
+            [v.start, len, advice as u64, 0, 0, 0],
+            Expect::Zero,
+            format!("madvise({a}) of {:#x}-{:#x}", v.start, v.end),
+        ));
+    }
+    Ok(())
+}
+
+/// One thread's own state up to its registers: name, sigaltstack, clear_child_tid, robust
+/// list, rseq, no_new_privs, credentials, signal mask and pending signals. Pending signals
+/// the mask does not block are sent after the release instead (into `after`).
+fn plan_thread(
+    p: &ProcessImage,
+    t: &super::model::ThreadState,
+    seed: &SeedLayout,
+    data: u64,
+    ops: &mut Vec<Op>,
+    after: &mut Vec<Op>,
+) -> Result<()> {
+    use libc::*;
+    let tid = t.tid;
+    let mut comm = t.comm.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    ops.push(call_with(
+        tid,
+        SYS_prctl,
+        [PR_SET_NAME as u64, data, 0, 0, 0, 0],
+        (data, comm),
+        Expect::Zero,
+        "prctl(PR_SET_NAME)",
+    ));
     let (sp, ss_flags, size) = t.altstack;
     let mut ss = Vec::with_capacity(24);
     if ss_flags & SS_DISABLE != 0 {
@@ -539,6 +917,7 @@ pub fn plan_restore(
         ss.extend(size.to_ne_bytes());
     }
     ops.push(call_with(
+        tid,
         SYS_sigaltstack,
         [data, 0, 0, 0, 0, 0],
         (data, ss),
@@ -546,6 +925,7 @@ pub fn plan_restore(
         "sigaltstack",
     ));
     ops.push(call(
+        tid,
         SYS_set_tid_address,
         [t.clear_child_tid, 0, 0, 0, 0, 0],
         Expect::Any,
@@ -553,6 +933,7 @@ pub fn plan_restore(
     ));
     if t.robust_list.0 != 0 {
         ops.push(call(
+            tid,
             SYS_set_robust_list,
             [t.robust_list.0, t.robust_list.1, 0, 0, 0, 0],
             Expect::Zero,
@@ -561,259 +942,516 @@ pub fn plan_restore(
     }
     if let Some((addr, len, sig)) = t.rseq {
         ops.push(call(
+            tid,
             SYS_rseq,
             [addr, len as u64, 0, sig as u64, 0, 0],
             Expect::Zero,
             format!("rseq registration at {addr:#x}"),
         ));
     }
-
-    // Files, lowest number first; openat returns the lowest free fd, so every result is known.
-    let mut open = BTreeSet::new();
-    for f in &img.fds {
-        let (path, flags, pos) = match &f.kind {
-            FdKind::Path {
-                path,
-                flags,
-                pos,
-                seekable,
-            } => (
-                path.as_str(),
-                *flags as i32 & OPEN_FLAGS_KEPT,
-                seekable.then_some(*pos).filter(|p| *p != 0),
-            ),
-            FdKind::Stdio { .. } => {
-                let Some(p) = stdio.get(f.fd as usize) else {
-                    return Err(CrError::Incompatible(format!("stdio fd {}", f.fd)));
-                };
-                let flags = if f.fd == 0 {
-                    O_RDONLY
-                } else {
-                    O_WRONLY | O_APPEND
-                };
-                (p.as_str(), flags, None)
-            }
-        };
-        let low = (0..).find(|n| !open.contains(n)).expect("a free fd");
-        ops.push(call_with(
-            SYS_openat,
-            [AT_FDCWD as u64, data, flags as u64, 0, 0, 0],
-            (data, cstr(path)?),
-            Expect::Eq(low as u64),
-            format!("open of {path} for fd {}", f.fd),
-        ));
-        if low != f.fd {
-            ops.push(call(
-                SYS_dup3,
-                [low as u64, f.fd as u64, (flags & O_CLOEXEC) as u64, 0, 0, 0],
-                Expect::Eq(f.fd as u64),
-                format!("dup3 to fd {}", f.fd),
-            ));
-            ops.push(call(
-                SYS_close,
-                [low as u64, 0, 0, 0, 0, 0],
-                Expect::Zero,
-                format!("close of fd {low}"),
-            ));
-        }
-        open.insert(f.fd);
-        if let Some(pos) = pos {
-            ops.push(call(
-                SYS_lseek,
-                [f.fd as u64, pos, SEEK_SET as u64, 0, 0, 0],
-                Expect::Eq(pos),
-                format!("lseek of fd {} to {pos}", f.fd),
-            ));
-        }
-    }
-    if img.no_new_privs {
+    if p.no_new_privs {
         ops.push(call(
+            tid,
             SYS_prctl,
             [PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             Expect::Zero,
             "prctl(PR_SET_NO_NEW_PRIVS)",
         ));
     }
-    ops.push(Op::Finish {
-        trampoline: tramp,
-        regs: t.regs.for_resume(),
-        xstate,
-        sigmask: t.sigmask,
+    plan_creds(tid, &Creds::of(p), &seed.creds, data, ops);
+    ops.push(Op::SetSigmask {
+        tid,
+        mask: t.sigmask,
     });
-    Ok(ops)
+    let queue = |info: &String, shared: bool, ops: &mut Vec<Op>, after: &mut Vec<Op>| {
+        let Some(bytes) = from_hex(info).filter(|b| b.len() == sys::SIGINFO_LEN) else {
+            return Err(CrError::Incompatible(format!(
+                "a pending signal of thread {tid} is not a siginfo"
+            )));
+        };
+        let sig = i32::from_ne_bytes(bytes[..4].try_into().expect("4"));
+        if !(1..=64).contains(&sig) {
+            return Err(CrError::Incompatible(format!(
+                "pending signal {sig} of thread {tid} is not a signal"
+            )));
+        }
+        if t.sigmask & (1u64 << (sig - 1)) == 0 {
+            after.push(Op::SignalAfter { pid: p.pid, sig });
+        } else if shared {
+            ops.push(call_with(
+                tid,
+                SYS_rt_sigqueueinfo,
+                [p.pid as u64, sig as u64, data, 0, 0, 0],
+                (data, bytes),
+                Expect::Zero,
+                format!("rt_sigqueueinfo of pending signal {sig}"),
+            ));
+        } else {
+            ops.push(call_with(
+                tid,
+                SYS_rt_tgsigqueueinfo,
+                [p.pid as u64, tid as u64, sig as u64, data, 0, 0],
+                (data, bytes),
+                Expect::Zero,
+                format!("rt_tgsigqueueinfo of pending signal {sig}"),
+            ));
+        }
+        Ok(())
+    };
+    for info in &t.pending {
+        queue(info, false, ops, after)?;
+    }
+    if tid == p.pid {
+        for info in &p.shared_pending {
+            queue(info, true, ops, after)?;
+        }
+    }
+    Ok(())
 }
 
+/// Credentials and capabilities of one thread, when they differ from the seed's: bounding
+/// set first (while privileged), groups and gids, uids keeping capabilities, then the
+/// capability sets and the ambient ones.
+fn plan_creds(tid: i32, want: &Creds, have: &Creds, data: u64, ops: &mut Vec<Op>) {
+    use libc::*;
+    if want == have {
+        return;
+    }
+    for cap in 0..64u64 {
+        let bit = 1u64 << cap;
+        if have.caps.bounding & bit != 0 && want.caps.bounding & bit == 0 {
+            ops.push(call(
+                tid,
+                SYS_prctl,
+                [PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
+                Expect::Zero,
+                format!("prctl(PR_CAPBSET_DROP, {cap})"),
+            ));
+        }
+    }
+    if want.groups != have.groups {
+        let list: Vec<u8> = want.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+        ops.push(call_with(
+            tid,
+            SYS_setgroups,
+            [want.groups.len() as u64, data, 0, 0, 0, 0],
+            (data, list),
+            Expect::Zero,
+            "setgroups",
+        ));
+    }
+    let [rg, eg, sg, fg] = want.gids.map(u64::from);
+    ops.push(call(
+        tid,
+        SYS_setresgid,
+        [rg, eg, sg, 0, 0, 0],
+        Expect::Zero,
+        "setresgid",
+    ));
+    if fg != eg {
+        ops.push(call(
+            tid,
+            SYS_setfsgid,
+            [fg, 0, 0, 0, 0, 0],
+            Expect::Any,
+            "setfsgid",
+        ));
+    }
+    ops.push(call(
+        tid,
+        SYS_prctl,
+        [PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0],
+        Expect::Zero,
+        "prctl(PR_SET_KEEPCAPS, 1)",
+    ));
+    let [ru, eu, su, fu] = want.uids.map(u64::from);
+    ops.push(call(
+        tid,
+        SYS_setresuid,
+        [ru, eu, su, 0, 0, 0],
+        Expect::Zero,
+        "setresuid",
+    ));
+    if fu != eu {
+        ops.push(call(
+            tid,
+            SYS_setfsuid,
+            [fu, 0, 0, 0, 0, 0],
+            Expect::Any,
+            "setfsuid",
+        ));
+    }
+    // capset: header {version, pid}, then two {effective, permitted, inheritable} (u32).
+    let c = want.caps;
+    let mut b = Vec::with_capacity(32);
+    b.extend(CAPABILITY_VERSION_3.to_ne_bytes());
+    b.extend(0i32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [c.effective, c.permitted, c.inheritable] {
+            b.extend(((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    ops.push(call_with(
+        tid,
+        SYS_capset,
+        [data, data + 8, 0, 0, 0, 0],
+        (data, b),
+        Expect::Zero,
+        "capset",
+    ));
+    ops.push(call(
+        tid,
+        SYS_prctl,
+        [PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
+        Expect::Zero,
+        "prctl(PR_SET_KEEPCAPS, 0)",
+    ));
+    for cap in 0..64u64 {
+        if c.ambient & (1u64 << cap) != 0 {
+            ops.push(call(
+                tid,
+                SYS_prctl,
+                [
+                    PR_CAP_AMBIENT as u64,
+                    PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                    0,
+                ],
+                Expect::Zero,
+                format!("prctl(PR_CAP_AMBIENT_RAISE, {cap})"),
+            ));
+        }
+    }
+}
+
+/// Page data of each process.
+pub struct TreePages<'a> {
+    /// By PID: the page index and its data.
+    pub by_pid: BTreeMap<i32, (&'a [PageRun], &'a dyn PageSource)>,
+}
+
+/// How many times a `clone3` whose PID is still held (by a zombie about to be reaped) is
+/// tried, 20 ms apart.
+const CLONE_TRIES: u32 = 100;
+
 /// Runs a plan; the number of syscalls injected.
-pub fn execute(
-    pid: i32,
-    plan: &[Op],
-    runs: &[PageRun],
-    pages: &dyn PageSource,
-    seed: &mut dyn SeedOps,
-) -> Result<usize> {
+pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Result<usize> {
     let mut n = 0;
+    let run = |seed: &mut dyn SeedOps, tid: i32, c: &Call, n: &mut usize| -> Result<i64> {
+        if let Some((addr, bytes)) = &c.data {
+            seed.write_mem(tid, *addr, bytes)?;
+        }
+        let r = seed.syscall(tid, c.nr, c.args)?;
+        *n += 1;
+        Ok(r)
+    };
+    let check = |tid: i32, c: &Call, r: i64| -> Result<()> {
+        if (-4095..0).contains(&r) {
+            return Err(CrError::Injected {
+                pid: tid,
+                call: c.what.clone(),
+                source: std::io::Error::from_raw_os_error(-r as i32),
+            });
+        }
+        let ok = match c.expect {
+            Expect::Zero => r == 0,
+            Expect::Eq(v) => r as u64 == v,
+            Expect::Any => true,
+        };
+        if !ok {
+            return Err(CrError::Unexpected {
+                pid: tid,
+                what: format!("{} returned {r:#x}, expected {:?}", c.what, c.expect),
+            });
+        }
+        Ok(())
+    };
     for op in plan {
         match op {
-            Op::Syscall(c) => {
-                if let Some((addr, bytes)) = &c.data {
-                    seed.write_mem(*addr, bytes)?;
-                }
-                let r = seed.syscall(c.nr, c.args)?;
-                n += 1;
-                if (-4095..0).contains(&r) {
-                    return Err(CrError::Injected {
-                        pid,
-                        call: c.what.clone(),
-                        source: std::io::Error::from_raw_os_error(-r as i32),
-                    });
-                }
-                let ok = match c.expect {
-                    Expect::Zero => r == 0,
-                    Expect::Eq(v) => r as u64 == v,
-                    Expect::Any => true,
+            Op::Syscall { tid, call } => {
+                let r = run(seed, *tid, call, &mut n)?;
+                check(*tid, call, r)?;
+            }
+            Op::InstallTrampoline { tid, addr } => {
+                seed.write_mem(*tid, *addr, &TRAMPOLINE_CODE)?;
+                seed.set_code(*tid, *addr);
+            }
+            Op::Clone {
+                tid,
+                child,
+                call,
+                code,
+            } => {
+                let mut tries = 0;
+                let r = loop {
+                    let r = run(seed, *tid, call, &mut n)?;
+                    tries += 1;
+                    if r != -(libc::EEXIST as i64) {
+                        break r;
+                    }
+                    if tries >= CLONE_TRIES {
+                        return Err(CrError::PidTaken { pid: *child });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 };
-                if !ok {
-                    return Err(CrError::Unexpected {
-                        pid,
-                        what: format!("{} returned {r:#x}, expected {:?}", c.what, c.expect),
-                    });
-                }
+                check(*tid, call, r)?;
+                seed.adopt(*child, *code)?;
             }
-            Op::InstallTrampoline { addr } => {
-                seed.write_mem(*addr, &TRAMPOLINE_CODE)?;
-                seed.set_code(*addr);
-            }
-            Op::WritePages => {
+            Op::WritePages { pid } => {
+                let Some((runs, source)) = pages.by_pid.get(pid) else {
+                    return Err(CrError::Incompatible(format!("no pages for process {pid}")));
+                };
                 let mut buf = vec![0u8; 8 << 20];
-                for r in runs {
+                for r in runs.iter() {
                     let mut done = 0;
                     while done < r.pages * PAGE {
-                        let n = (r.pages * PAGE - done).min(buf.len() as u64);
-                        let chunk = &mut buf[..n as usize];
-                        pages.read_at(r.offset + done, chunk).map_err(|source| {
+                        let len = (r.pages * PAGE - done).min(buf.len() as u64);
+                        let chunk = &mut buf[..len as usize];
+                        source.read_at(r.offset + done, chunk).map_err(|source| {
                             CrError::ImageIo {
-                                path: image::PAGES.into(),
+                                path: image::pages_file_name(*pid).into(),
                                 what: "reading pages".into(),
                                 source,
                             }
                         })?;
-                        seed.write_mem(r.addr + done, chunk)?;
-                        done += n;
+                        seed.write_mem(*pid, r.addr + done, chunk)?;
+                        done += len;
                     }
                 }
             }
-            Op::Finish {
+            Op::FillPipe { pid, fd, data } => seed.fill_pipe(*pid, *fd, data)?,
+            Op::SetRlimit {
+                pid,
+                resource,
+                soft,
+                hard,
+            } => seed.set_rlimit(*pid, *resource, *soft, *hard)?,
+            Op::SetSigmask { tid, mask } => seed.set_sigmask(*tid, *mask)?,
+            Op::FinishThread { tid, regs, xstate } => seed.finish_thread(*tid, regs, xstate)?,
+            Op::FinishMain {
+                tid,
                 trampoline,
                 regs,
                 xstate,
-                sigmask,
-            } => seed.finish(*trampoline, regs, xstate, *sigmask)?,
+            } => seed.finish_main(*tid, *trampoline, regs, xstate)?,
+            Op::Release => seed.release()?,
+            Op::SignalAfter { pid, sig } => {
+                if let Err(e) = sys::kill(*pid, *sig) {
+                    warn!(pid, sig, error = %e, "could not send a deferred signal");
+                }
+            }
         }
     }
     Ok(n)
 }
 
-/// The real seed: a ptrace-stopped child.
-struct LiveSeed {
-    inj: Injector,
+/// The real seeds: ptrace-stopped tasks, every one killed unless released.
+struct LiveSeeds {
+    tasks: BTreeMap<i32, Injector>,
+    released: bool,
 }
 
-impl SeedOps for LiveSeed {
-    fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
-        self.inj.syscall(nr, args)
+impl LiveSeeds {
+    fn task(&mut self, tid: i32) -> Result<&mut Injector> {
+        self.tasks.get_mut(&tid).ok_or_else(|| CrError::Unexpected {
+            pid: tid,
+            what: "the plan names a task that was not created".into(),
+        })
+    }
+}
+
+impl Drop for LiveSeeds {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        for &tid in self.tasks.keys() {
+            let _ = sys::kill(tid, libc::SIGKILL);
+        }
+        for &tid in self.tasks.keys() {
+            while let Ok(Wait::Stopped(..)) = sys::wait(tid) {
+                let _ = sys::cont(tid, 0);
+            }
+        }
+    }
+}
+
+impl SeedOps for LiveSeeds {
+    fn syscall(&mut self, tid: i32, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.task(tid)?.syscall(nr, args)
     }
 
-    fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()> {
-        self.inj.write(addr, data)
+    fn write_mem(&mut self, tid: i32, addr: u64, data: &[u8]) -> Result<()> {
+        self.task(tid)?.write(addr, data)
     }
 
-    fn set_code(&mut self, addr: u64) {
-        self.inj.code = addr;
+    fn set_code(&mut self, tid: i32, addr: u64) {
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.code = addr;
+        }
     }
 
-    fn finish(&mut self, trampoline: u64, regs: &Regs, xstate: &[u8], sigmask: u64) -> Result<()> {
-        let pid = self.inj.pid;
-        sys::set_sigmask(pid, sigmask)?;
-        sys::set_xstate(pid, xstate)?;
+    fn adopt(&mut self, tid: i32, code: u64) -> Result<()> {
+        // Auto-attached (PTRACE_O_TRACEFORK/CLONE): it starts with a SIGSTOP.
+        match sys::wait(tid)? {
+            Wait::Stopped(libc::SIGSTOP, 0) => {}
+            other => {
+                let _ = sys::kill(tid, libc::SIGKILL);
+                return Err(CrError::Unexpected {
+                    pid: tid,
+                    what: format!("the new task did not stop as expected: {other:?}"),
+                });
+            }
+        }
+        let mut inj = Injector::new(tid)?;
+        inj.code = code;
+        self.tasks.insert(tid, inj);
+        Ok(())
+    }
+
+    fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = format!("/proc/{pid}/fd/{fd}");
+        std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|mut f| f.write_all(data))
+            .map_err(|source| CrError::Proc {
+                pid,
+                what: format!(
+                    "writing {} saved bytes into the pipe at fd {fd}",
+                    data.len()
+                ),
+                source,
+            })
+    }
+
+    fn set_rlimit(&mut self, pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()> {
+        sys::set_rlimit(pid, resource, soft, hard).map_err(|e| {
+            CrError::Incompatible(format!(
+                "resource limit {resource} of process {pid} cannot be set to {soft}/{hard} \
+                 here ({e}); the restorer's own hard limit is lower — raise it (ulimit -H) \
+                 and retry"
+            ))
+        })
+    }
+
+    fn set_sigmask(&mut self, tid: i32, mask: u64) -> Result<()> {
+        sys::set_sigmask(tid, mask)
+    }
+
+    fn finish_thread(&mut self, tid: i32, regs: &Regs, xstate: &[u8]) -> Result<()> {
+        sys::set_xstate(tid, xstate)?;
+        sys::set_regs(tid, &regs.to_user_regs())
+    }
+
+    fn finish_main(&mut self, tid: i32, trampoline: u64, regs: &Regs, xstate: &[u8]) -> Result<()> {
+        let base = self.task(tid)?.base;
+        sys::set_xstate(tid, xstate)?;
         // munmap the trampoline from the trampoline, stopping at the syscall's exit.
-        let mut r = self.inj.base;
+        let mut r = base;
         r.rip = trampoline;
         r.rax = libc::SYS_munmap as u64;
         r.orig_rax = u64::MAX;
         r.rdi = trampoline;
         r.rsi = TRAMPOLINE_LEN;
-        sys::set_regs(pid, &r)?;
+        sys::set_regs(tid, &r)?;
         for stop in ["entry", "exit"] {
-            sys::cont_syscall(pid)?;
-            match sys::wait(pid)? {
+            sys::cont_syscall(tid)?;
+            match sys::wait(tid)? {
                 Wait::Stopped(libc::SIGTRAP, 0) => {}
                 other => {
                     return Err(CrError::Unexpected {
-                        pid,
+                        pid: tid,
                         what: format!("expected the munmap {stop} stop, got {other:?}"),
                     });
                 }
             }
         }
-        let after = sys::get_regs(pid)?;
+        let after = sys::get_regs(tid)?;
         if after.rax != 0 || after.orig_rax != libc::SYS_munmap as u64 {
             return Err(CrError::Unexpected {
-                pid,
+                pid: tid,
                 what: format!(
                     "munmap of the trampoline: syscall {} returned {:#x}",
                     after.orig_rax as i64, after.rax
                 ),
             });
         }
-        sys::set_regs(pid, &regs.to_user_regs())?;
-        sys::detach(pid, 0)
+        sys::set_regs(tid, &regs.to_user_regs())
+    }
+
+    fn release(&mut self) -> Result<()> {
+        let mut first = None;
+        for &tid in self.tasks.keys() {
+            if let Err(e) = sys::detach(tid, 0) {
+                first.get_or_insert(e);
+            }
+        }
+        self.released = true;
+        first.map_or(Ok(()), Err)
     }
 }
 
-/// Kills the seed unless defused.
-struct SeedGuard(Option<i32>);
-
-impl Drop for SeedGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            while let Ok(Wait::Stopped(..)) = sys::wait(pid) {
-                let _ = sys::cont(pid, 0);
+/// A stopped, traced seed with PID `pid`, tracing its forks and threads; a PID still held
+/// by a zombie about to be reaped is waited for.
+fn spawn_seed(pid: i32) -> Result<i32> {
+    let mut tries = 0;
+    loop {
+        match sys::clone3_with_pid(pid) {
+            Ok(Cloned::Child) => sys::seed_child_main(),
+            Ok(Cloned::Parent(p)) => {
+                return match sys::wait(p)? {
+                    Wait::Stopped(libc::SIGSTOP, 0) => {
+                        let opts = libc::PTRACE_O_TRACEFORK
+                            | libc::PTRACE_O_TRACECLONE
+                            | libc::PTRACE_O_EXITKILL;
+                        if let Err(e) = sys::set_options(p, opts) {
+                            let _ = sys::kill(p, libc::SIGKILL);
+                            return Err(e);
+                        }
+                        Ok(p)
+                    }
+                    other => {
+                        let _ = sys::kill(p, libc::SIGKILL);
+                        Err(CrError::Unexpected {
+                            pid: p,
+                            what: format!("the seed did not stop as expected: {other:?}"),
+                        })
+                    }
+                };
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                tries += 1;
+                if tries >= CLONE_TRIES {
+                    return Err(CrError::PidTaken { pid });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(CrError::Incompatible(format!(
+                    "PID {pid} cannot be created here (kernel.pid_max is {})",
+                    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                        .unwrap_or_default()
+                        .trim()
+                )));
+            }
+            Err(source) => {
+                return Err(CrError::Proc {
+                    pid,
+                    what: "clone3 with set_tid (root with CAP_CHECKPOINT_RESTORE is needed)".into(),
+                    source,
+                });
             }
         }
     }
 }
 
-/// A stopped, traced seed with PID `pid`.
-fn spawn_seed(pid: i32) -> Result<i32> {
-    match sys::clone3_with_pid(pid) {
-        Ok(Cloned::Child) => sys::seed_child_main(),
-        Ok(Cloned::Parent(p)) => match sys::wait(p)? {
-            Wait::Stopped(libc::SIGSTOP, 0) => Ok(p),
-            other => {
-                let _ = sys::kill(p, libc::SIGKILL);
-                Err(CrError::Unexpected {
-                    pid: p,
-                    what: format!("the seed did not stop as expected: {other:?}"),
-                })
-            }
-        },
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(CrError::PidTaken { pid }),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(CrError::Incompatible(format!(
-            "PID {pid} cannot be created here (kernel.pid_max is {})",
-            std::fs::read_to_string("/proc/sys/kernel/pid_max")
-                .unwrap_or_default()
-                .trim()
-        ))),
-        Err(source) => Err(CrError::Proc {
-            pid,
-            what: "clone3 with set_tid (root with CAP_CHECKPOINT_RESTORE is needed)".into(),
-            source,
-        }),
-    }
-}
-
-/// Checks that the image fits this machine and its page index fits its mappings.
+/// Checks that the image fits this machine and its page indexes fit its mappings.
 fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
     let here = kernel_release();
     if m.kernel_release != here {
@@ -822,51 +1460,47 @@ fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
             m.kernel_release
         )));
     }
-    let status = procfs::read_text(std::process::id() as i32, "status")?;
-    let (uids, gids) = (
-        procfs::status_ids(&status, "Uid").unwrap_or_default(),
-        procfs::status_ids(&status, "Gid").unwrap_or_default(),
-    );
-    let p = &m.process;
-    if p.uids != uids || p.gids != gids {
-        return Err(CrError::Incompatible(format!(
-            "the process ran with uids {:?} gids {:?}, the restorer has {uids:?} {gids:?}; \
-             credentials are not changed yet, so restore as the same user",
-            p.uids, p.gids
-        )));
-    }
-    if std::fs::read_link("/proc/self/exe").is_ok_and(|e| e == Path::new(&p.exe)) {
-        return Err(CrError::Incompatible(
-            "the process runs the restoring program itself".into(),
-        ));
-    }
-    for v in &p.vmas {
-        if let Backing::File {
-            path,
-            size,
-            mtime_ns,
-            ..
-        } = &v.backing
-        {
-            use std::os::unix::fs::MetadataExt;
-            let md = std::fs::metadata(path).map_err(|e| {
-                CrError::Incompatible(format!("mapped file {path} is not here: {e}"))
-            })?;
-            let mt = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-            if md.size() != *size || mt != *mtime_ns {
-                return Err(CrError::Incompatible(format!(
-                    "mapped file {path} changed since the checkpoint (size or modification time)"
-                )));
+    for p in &m.processes {
+        if std::fs::read_link("/proc/self/exe").is_ok_and(|e| e == Path::new(&p.exe)) {
+            return Err(CrError::Incompatible(format!(
+                "process {} runs the restoring program itself",
+                p.pid
+            )));
+        }
+        for v in &p.vmas {
+            if let Backing::File {
+                path,
+                size,
+                mtime_ns,
+                ..
+            } = &v.backing
+            {
+                use std::os::unix::fs::MetadataExt;
+                let md = std::fs::metadata(path).map_err(|e| {
+                    CrError::Incompatible(format!("mapped file {path} is not here: {e}"))
+                })?;
+                let mt = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+                if md.size() != *size || mt != *mtime_ns {
+                    return Err(CrError::Incompatible(format!(
+                        "mapped file {path} changed since the checkpoint (size or modification \
+                         time)"
+                    )));
+                }
             }
         }
+        check_runs(dir, p)?;
     }
+    Ok(())
+}
+
+/// Every saved page must lie in a saved mapping (a run may span adjacent mappings).
+fn check_runs(dir: &Path, p: &ProcessImage) -> Result<()> {
     let mut vi = p.vmas.iter().peekable();
-    for r in &m.pages.runs {
+    for r in &p.pages.runs {
         let end = r.addr + r.pages * PAGE;
         while vi.peek().is_some_and(|v| v.end <= r.addr) {
             vi.next();
         }
-        // A run may span adjacent mappings.
         let mut at = r.addr;
         let mut it = vi.clone();
         while at < end {
@@ -877,7 +1511,10 @@ fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
                 _ => {
                     return Err(CrError::BadImage {
                         path: dir.join(image::MANIFEST),
-                        reason: format!("pages at {at:#x} lie outside the saved mappings"),
+                        reason: format!(
+                            "pages of process {} at {at:#x} lie outside its saved mappings",
+                            p.pid
+                        ),
                     });
                 }
             }
@@ -886,16 +1523,48 @@ fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Restores the process in `dir`, with its PID; returns once it runs.
+/// The restorer's credentials.
+fn own_creds() -> Result<Creds> {
+    let me = std::process::id() as i32;
+    let status = procfs::read_text(me, "status")?;
+    let hex = |k: &str| {
+        procfs::status_field(&status, k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    Ok(Creds {
+        uids: procfs::status_ids(&status, "Uid").unwrap_or_default(),
+        gids: procfs::status_ids(&status, "Gid").unwrap_or_default(),
+        groups: procfs::status_field(&status, "Groups")
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+        caps: Caps {
+            inheritable: hex("CapInh"),
+            permitted: hex("CapPrm"),
+            effective: hex("CapEff"),
+            bounding: hex("CapBnd"),
+            ambient: hex("CapAmb"),
+        },
+    })
+}
+
+/// Restores the process tree in `dir`, with its PIDs and TIDs; returns once it runs.
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
     let t0 = Instant::now();
     let (manifest, pages) = image::read_image(dir)?;
     check_compatible(dir, &manifest)?;
-    let img = &manifest.process;
-    let xstate = from_hex(&img.thread.xstate).ok_or_else(|| CrError::BadImage {
-        path: dir.join(image::MANIFEST),
-        reason: "the XSAVE area is not hex".into(),
-    })?;
+    let mut xstates = BTreeMap::new();
+    for p in &manifest.processes {
+        for t in &p.threads {
+            let x = from_hex(&t.xstate).ok_or_else(|| CrError::BadImage {
+                path: dir.join(image::MANIFEST),
+                reason: format!("the XSAVE area of thread {} is not hex", t.tid),
+            })?;
+            xstates.insert(t.tid, x);
+        }
+    }
     let mut stdio: [String; 3] = Default::default();
     for (i, s) in stdio.iter_mut().enumerate() {
         let p = opts.stdio[i]
@@ -921,8 +1590,16 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
     }
     debug!(secs = t0.elapsed().as_secs_f64(), "image validated");
 
-    let pid = spawn_seed(img.pid)?;
-    let mut guard = SeedGuard(Some(pid));
+    let root = &manifest.processes[0];
+    let creds = own_creds()?;
+    let pid = spawn_seed(root.pid)?;
+    let mut seeds = LiveSeeds {
+        tasks: BTreeMap::new(),
+        released: false,
+    };
+    let inj = Injector::new(pid)?;
+    inj.write(inj.code, &TRAMPOLINE_CODE)?;
+    seeds.tasks.insert(pid, inj);
     let maps = procfs::parse_maps(&procfs::read_text(pid, "maps")?).ok_or_else(|| {
         CrError::Unexpected {
             pid,
@@ -932,21 +1609,34 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
     let layout = SeedLayout {
         maps,
         rseq: sys::get_rseq(pid)?,
+        creds,
     };
-    let plan = plan_restore(img, &layout, &stdio, xstate)?;
-    let inj = Injector::new(pid)?;
-    inj.write(inj.code, &TRAMPOLINE_CODE)?;
-    let mut seed = LiveSeed { inj };
-    let syscalls = execute(pid, &plan, &manifest.pages.runs, &pages, &mut seed)?;
-    guard.0 = None;
-    for s in &img.deferred_signals {
-        let _ = sys::kill(pid, *s);
-    }
+    let plan = plan_restore(&manifest.processes, &layout, &stdio, &xstates)?;
+    let tree_pages = TreePages {
+        by_pid: manifest
+            .processes
+            .iter()
+            .zip(&pages)
+            .map(|(p, f)| (p.pid, (&p.pages.runs[..], f as &dyn PageSource)))
+            .collect(),
+    };
+    let syscalls = execute(&plan, &tree_pages, &mut seeds)?;
     let elapsed = t0.elapsed();
-    info!(pid, syscalls, ?elapsed, "restored");
+    let threads = manifest.processes.iter().map(|p| p.threads.len()).sum();
+    let page_bytes = manifest.processes.iter().map(|p| p.pages.data_len).sum();
+    info!(
+        pid,
+        processes = manifest.processes.len(),
+        threads,
+        syscalls,
+        ?elapsed,
+        "restored"
+    );
     Ok(RestoreStats {
         pid,
-        page_bytes: manifest.pages.data_len,
+        processes: manifest.processes.len(),
+        threads,
+        page_bytes,
         syscalls,
         elapsed,
     })
@@ -955,47 +1645,176 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cr::model::{Fd, MmLayout, SigAction, ThreadState, Vma};
+    use crate::cr::image::PagesInfo;
+    use crate::cr::model::{Fd, FdKind, MmLayout, SigAction, ThreadState, Vma};
+    use std::collections::BTreeSet;
 
-    /// A recording double that answers like the kernel would for a plan that is right.
+    /// An open file in the double: what it is, told apart by a serial number.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Obj(String, u32);
+
+    /// A recording double that answers like the kernel would for a plan that is right: it
+    /// keeps every process's fd table and the tasks that exist, and refuses calls into tasks
+    /// that were not created.
     #[derive(Default)]
     struct Recorder {
-        calls: Vec<(i64, [u64; 6])>,
-        writes: Vec<(u64, usize)>,
-        fds: BTreeSet<u64>,
-        finished: bool,
+        calls: Vec<(i32, i64, [u64; 6])>,
+        events: Vec<String>,
+        writes: Vec<(i32, u64, usize)>,
+        /// Task → its process.
+        tasks: BTreeMap<i32, i32>,
+        fds: BTreeMap<i32, BTreeMap<u64, Obj>>,
+        serial: u32,
+        released: bool,
+        last_write: Vec<u8>,
+    }
+
+    impl Recorder {
+        fn with_root(pid: i32) -> Self {
+            let mut r = Recorder::default();
+            r.tasks.insert(pid, pid);
+            r.fds.insert(pid, [(0, Obj("restorer's".into(), 0))].into());
+            r
+        }
+        fn table(&mut self, tid: i32) -> &mut BTreeMap<u64, Obj> {
+            let pid = self.tasks[&tid];
+            self.fds.get_mut(&pid).unwrap()
+        }
+        fn lowest(&mut self, tid: i32) -> u64 {
+            let t = self.table(tid);
+            (0..).find(|n| !t.contains_key(n)).unwrap()
+        }
+        fn new_fd(&mut self, tid: i32, what: &str) -> i64 {
+            self.serial += 1;
+            let o = Obj(what.into(), self.serial);
+            let fd = self.lowest(tid);
+            self.table(tid).insert(fd, o);
+            fd as i64
+        }
     }
 
     impl SeedOps for Recorder {
-        fn syscall(&mut self, nr: i64, a: [u64; 6]) -> Result<i64> {
-            self.calls.push((nr, a));
+        fn syscall(&mut self, tid: i32, nr: i64, a: [u64; 6]) -> Result<i64> {
+            assert!(
+                self.tasks.contains_key(&tid),
+                "call into task {tid} before it exists"
+            );
+            assert!(!self.released, "call after the release");
+            self.calls.push((tid, nr, a));
+            let ebadf = -(libc::EBADF as i64);
             Ok(match nr {
                 libc::SYS_mmap => a[0] as i64,
                 libc::SYS_mremap => a[4] as i64,
-                libc::SYS_openat => {
-                    let fd = (0..).find(|n| !self.fds.contains(n)).unwrap();
-                    self.fds.insert(fd);
+                libc::SYS_openat => self.new_fd(tid, "file"),
+                libc::SYS_eventfd2 => self.new_fd(tid, "eventfd"),
+                libc::SYS_epoll_create1 => self.new_fd(tid, "epoll"),
+                libc::SYS_pidfd_open => self.new_fd(tid, &format!("pidfd {}", a[0])),
+                libc::SYS_pipe2 => {
+                    self.serial += 1;
+                    let n = self.serial;
+                    for end in ["pipe r", "pipe w"] {
+                        let fd = self.lowest(tid);
+                        self.table(tid).insert(fd, Obj(end.into(), n));
+                    }
+                    0
+                }
+                libc::SYS_pidfd_getfd => {
+                    let Some(Obj(what, _)) = self.table(tid).get(&a[0]).cloned() else {
+                        return Ok(ebadf);
+                    };
+                    let owner: i32 = what.strip_prefix("pidfd ").unwrap().parse().unwrap();
+                    let Some(o) = self.fds[&owner].get(&a[1]).cloned() else {
+                        return Ok(ebadf);
+                    };
+                    let fd = self.lowest(tid);
+                    self.table(tid).insert(fd, o);
                     fd as i64
                 }
                 libc::SYS_dup3 => {
-                    self.fds.insert(a[1]);
+                    let Some(o) = self.table(tid).get(&a[0]).cloned() else {
+                        return Ok(ebadf);
+                    };
+                    self.table(tid).insert(a[1], o);
                     a[1] as i64
                 }
-                libc::SYS_close => {
-                    self.fds.remove(&a[0]);
+                libc::SYS_close => match self.table(tid).remove(&a[0]) {
+                    Some(_) => 0,
+                    None => ebadf,
+                },
+                libc::SYS_close_range => {
+                    self.table(tid).clear();
                     0
                 }
-                libc::SYS_lseek => a[1] as i64,
+                libc::SYS_fcntl | libc::SYS_epoll_ctl | libc::SYS_lseek => {
+                    if !self.table(tid).contains_key(&a[0]) {
+                        ebadf
+                    } else if nr == libc::SYS_lseek {
+                        a[1] as i64
+                    } else {
+                        0
+                    }
+                }
+                libc::SYS_setsid => self.tasks[&tid] as i64,
+                libc::SYS_clone3 => {
+                    // set_tid[0], written with the clone_args at offset 128.
+                    i32::from_ne_bytes(self.last_write[128..132].try_into().unwrap()) as i64
+                }
                 _ => 0,
             })
         }
-        fn write_mem(&mut self, addr: u64, data: &[u8]) -> Result<()> {
-            self.writes.push((addr, data.len()));
+        fn write_mem(&mut self, tid: i32, addr: u64, data: &[u8]) -> Result<()> {
+            assert!(self.tasks.contains_key(&tid));
+            self.writes.push((tid, addr, data.len()));
+            self.last_write = data.to_vec();
             Ok(())
         }
-        fn set_code(&mut self, _: u64) {}
-        fn finish(&mut self, _: u64, _: &Regs, _: &[u8], _: u64) -> Result<()> {
-            self.finished = true;
+        fn set_code(&mut self, _: i32, _: u64) {}
+        fn adopt(&mut self, tid: i32, _: u64) -> Result<()> {
+            let (parent, nr, _) = *self.calls.last().unwrap();
+            assert_eq!(nr, libc::SYS_clone3);
+            self.events.push(format!("adopt {tid}"));
+            let parent_pid = self.tasks[&parent];
+            // The clone_args were written just before: their flags tell a thread.
+            let flags = u64::from_ne_bytes(self.last_write[..8].try_into().unwrap());
+            let is_thread = flags & libc::CLONE_THREAD as u64 != 0;
+            if is_thread {
+                self.tasks.insert(tid, parent_pid);
+            } else {
+                self.tasks.insert(tid, tid);
+                let copy = self.fds[&parent_pid].clone();
+                self.fds.insert(tid, copy);
+            }
+            Ok(())
+        }
+        fn fill_pipe(&mut self, pid: i32, fd: i32, _: &[u8]) -> Result<()> {
+            let o = self.fds[&pid].get(&(fd as u64)).cloned();
+            assert_eq!(
+                o.map(|o| o.0),
+                Some("pipe w".to_string()),
+                "fill through a write end"
+            );
+            self.events.push(format!("fill {pid}:{fd}"));
+            Ok(())
+        }
+        fn set_rlimit(&mut self, pid: i32, _: u32, _: u64, _: u64) -> Result<()> {
+            assert!(self.tasks.contains_key(&pid));
+            Ok(())
+        }
+        fn set_sigmask(&mut self, tid: i32, _: u64) -> Result<()> {
+            self.events.push(format!("sigmask {tid}"));
+            Ok(())
+        }
+        fn finish_thread(&mut self, tid: i32, _: &Regs, _: &[u8]) -> Result<()> {
+            self.events.push(format!("finish thread {tid}"));
+            Ok(())
+        }
+        fn finish_main(&mut self, tid: i32, _: u64, _: &Regs, _: &[u8]) -> Result<()> {
+            self.events.push(format!("finish main {tid}"));
+            Ok(())
+        }
+        fn release(&mut self) -> Result<()> {
+            self.events.push("release".into());
+            self.released = true;
             Ok(())
         }
     }
@@ -1031,10 +1850,29 @@ mod tests {
         }
     }
 
-    fn image() -> ProcessImage {
+    fn thread(tid: i32) -> ThreadState {
+        ThreadState {
+            tid,
+            comm: "prog".into(),
+            regs: Regs::default(),
+            xstate: String::new(),
+            sigmask: 0,
+            pending: vec![],
+            altstack: (0, libc::SS_DISABLE, 0),
+            clear_child_tid: 0,
+            robust_list: (0x600100, 24),
+            rseq: Some((0x600200, 32, 0x53053053)),
+        }
+    }
+
+    fn image(pid: i32, ppid: i32) -> ProcessImage {
         let vdso = |n: &str| Backing::Vdso { name: n.into() };
         ProcessImage {
-            pid: 100,
+            pid,
+            ppid,
+            pgid: 1,
+            sid: 1,
+            exit_signal: libc::SIGCHLD,
             comm: "prog".into(),
             exe: "/bin/prog".into(),
             cwd: "/".into(),
@@ -1043,6 +1881,10 @@ mod tests {
             no_new_privs: false,
             uids: [0; 4],
             gids: [0; 4],
+            groups: vec![],
+            caps: Caps::default(),
+            rlimits: vec![(7, 1024, 4096)],
+            itimers: vec![],
             mm: MmLayout::default(),
             vmas: vec![
                 vma(
@@ -1085,22 +1927,20 @@ mod tests {
                 restorer: 0,
                 mask: 0,
             }],
-            thread: ThreadState {
-                regs: Regs::default(),
-                xstate: String::new(),
-                sigmask: 0,
-                altstack: (0, libc::SS_DISABLE, 0),
-                clear_child_tid: 0,
-                robust_list: (0x600100, 24),
-                rseq: Some((0x600200, 32, 0x53053053)),
-            },
+            shared_pending: vec![],
+            threads: vec![thread(pid)],
             deferred_signals: vec![],
+            pages: PagesInfo {
+                file: crate::cr::image::pages_file_name(pid),
+                data_len: 8192,
+                crc32: 0,
+                runs: vec![],
+            },
         }
     }
 
-    #[test]
-    fn the_plan_runs_in_a_safe_order_with_consistent_results() {
-        let seed = SeedLayout {
+    fn seed() -> SeedLayout {
+        SeedLayout {
             maps: vec![
                 map(0x500000, 0x510000, "/usr/bin/restorer"),
                 map(0x7f00_0000_0000, 0x7f00_0000_4000, "[vvar]"),
@@ -1109,60 +1949,275 @@ mod tests {
                 map(0xffff_ffff_ff60_0000, 0xffff_ffff_ff60_1000, "[vsyscall]"),
             ],
             rseq: Some((0x510000, 32, 0x53053053)),
-        };
-        let stdio = ["/dev/null".to_string(), "/out".into(), "/dev/null".into()];
-        let plan = plan_restore(&image(), &seed, &stdio, vec![0; 8]).unwrap();
-        let mut rec = Recorder::default();
+            creds: Creds::default(),
+        }
+    }
+
+    fn xstates(images: &[ProcessImage]) -> BTreeMap<i32, Vec<u8>> {
+        images
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| (t.tid, vec![0u8; 8])))
+            .collect()
+    }
+
+    fn run(images: &[ProcessImage], stdio: &[String; 3]) -> Recorder {
+        let plan = plan_restore(images, &seed(), stdio, &xstates(images)).unwrap();
+        let mut rec = Recorder::with_root(images[0].pid);
         let runs = [PageRun {
             addr: 0x600000,
             pages: 2,
             offset: 0,
         }];
-        let n = execute(1, &plan, &runs, &NoPages, &mut rec).unwrap();
+        let pages = TreePages {
+            by_pid: images
+                .iter()
+                .map(|p| (p.pid, (&runs[..], &NoPages as &dyn PageSource)))
+                .collect(),
+        };
+        let n = execute(&plan, &pages, &mut rec).unwrap();
         assert_eq!(n, rec.calls.len());
-        assert!(rec.finished);
+        assert!(rec.released);
+        rec
+    }
+
+    #[test]
+    fn one_process_is_restored_in_a_safe_order_with_consistent_results() {
+        let stdio = ["/dev/null".to_string(), "/out".into(), "/dev/null".into()];
+        let rec = run(&[image(100, 0)], &stdio);
         let pos = |nr: i64, f: &dyn Fn(&[u64; 6]) -> bool| {
             rec.calls
                 .iter()
-                .position(|(n, a)| *n == nr && f(a))
+                .position(|(_, n, a)| *n == nr && f(a))
                 .unwrap_or_else(|| panic!("no call {nr}"))
         };
         // The seed's rseq goes first, before any memory it points into is unmapped.
-        assert_eq!(rec.calls[0].0, libc::SYS_rseq);
-        assert_eq!(rec.calls[0].1[2], 1, "unregister");
+        assert_eq!(rec.calls[0].1, libc::SYS_rseq);
+        assert_eq!(rec.calls[0].2[2], 1, "unregister");
         let tramp = pos(libc::SYS_mmap, &|a| a[1] == TRAMPOLINE_LEN);
         let unmap_seed = pos(libc::SYS_munmap, &|a| a[0] == 0x500000);
         let vdso_moves: Vec<usize> = (0..rec.calls.len())
-            .filter(|i| rec.calls[*i].0 == libc::SYS_mremap)
+            .filter(|i| rec.calls[*i].1 == libc::SYS_mremap)
             .collect();
         assert_eq!(vdso_moves.len(), 6, "overlapping vDSO moved in two steps");
-        assert_eq!(rec.calls[vdso_moves[5]].1[4], 0x7f00_0000_7000);
+        assert_eq!(rec.calls[vdso_moves[5]].2[4], 0x7f00_0000_7000);
         let anon = pos(libc::SYS_mmap, &|a| a[0] == 0x600000);
         let mm_map = pos(libc::SYS_prctl, &|a| a[0] == libc::PR_SET_MM as u64);
         let files = pos(libc::SYS_lseek, &|a| a[0] == 5 && a[1] == 42);
         assert!(tramp < unmap_seed && unmap_seed < vdso_moves[0] && vdso_moves[5] < anon);
         assert!(anon < mm_map && mm_map < files);
         // No munmap of [vsyscall] or of the seed's vDSO.
-        assert!(!rec.calls.iter().any(|(n, a)| *n == libc::SYS_munmap
+        assert!(!rec.calls.iter().any(|(_, n, a)| *n == libc::SYS_munmap
             && (a[0] >= 0x7f00_0000_0000 && a[0] < 0x7f00_0000_8000 || a[0] > TASK_SIZE)));
         // Pages were written, and rseq registered again at the image's address.
-        assert!(rec.writes.contains(&(0x600000, 8192)));
+        assert!(rec.writes.contains(&(100, 0x600000, 8192)));
         assert!(
             rec.calls
                 .iter()
-                .any(|(n, a)| *n == libc::SYS_rseq && a[0] == 0x600200 && a[2] == 0)
+                .any(|(_, n, a)| *n == libc::SYS_rseq && a[0] == 0x600200 && a[2] == 0)
         );
         // fds 1 and 5 end up where they were, nothing else open.
-        assert_eq!(rec.fds, BTreeSet::from([1, 5]));
+        assert_eq!(
+            rec.fds[&100].keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([1, 5])
+        );
+        assert_eq!(
+            rec.events.iter().rev().take(2).collect::<Vec<_>>(),
+            ["release", "finish main 100"]
+        );
+    }
+
+    /// A root with a second thread and a child (its own session) sharing a pipe with
+    /// buffered bytes, a dup'ed file, an eventfd watched by an epoll instance.
+    fn tree() -> Vec<ProcessImage> {
+        let mut root = image(100, 0);
+        root.sid = 100;
+        root.pgid = 100;
+        root.threads.push(thread(102));
+        root.threads[1].pending = vec![{
+            let mut si = vec![0u8; sys::SIGINFO_LEN];
+            si[..4].copy_from_slice(&libc::SIGUSR2.to_ne_bytes());
+            crate::cr::model::to_hex(&si)
+        }];
+        root.threads[1].sigmask = 1 << (libc::SIGUSR2 - 1);
+        root.fds = vec![
+            Fd {
+                fd: 0,
+                kind: FdKind::Pipe {
+                    inode: 9,
+                    write: true,
+                    flags: 0,
+                    size: 65536,
+                    data: "6869".into(),
+                },
+            },
+            Fd {
+                fd: 3,
+                kind: FdKind::EventFd { count: 5, flags: 0 },
+            },
+            Fd {
+                fd: 4,
+                kind: FdKind::Epoll {
+                    flags: 0,
+                    watches: vec![(3, 1, 77)],
+                },
+            },
+            Fd {
+                fd: 5,
+                kind: FdKind::Path {
+                    path: "/data".into(),
+                    flags: libc::O_RDONLY as u32,
+                    pos: 0,
+                    seekable: true,
+                },
+            },
+            Fd {
+                fd: 6,
+                kind: FdKind::Dup {
+                    pid: 100,
+                    fd: 5,
+                    cloexec: true,
+                },
+            },
+        ];
+        let mut child = image(101, 100);
+        child.sid = 101;
+        child.pgid = 101;
+        child.deferred_signals = vec![libc::SIGTERM];
+        child.fds = vec![
+            Fd {
+                fd: 0,
+                kind: FdKind::Pipe {
+                    inode: 9,
+                    write: false,
+                    flags: libc::O_NONBLOCK as u32,
+                    size: 65536,
+                    data: String::new(),
+                },
+            },
+            Fd {
+                fd: 1,
+                kind: FdKind::Dup {
+                    pid: 100,
+                    fd: 5,
+                    cloexec: false,
+                },
+            },
+        ];
+        vec![root, child]
+    }
+
+    #[test]
+    fn a_tree_gets_its_processes_threads_and_shared_files_back() {
+        let rec = run(&tree(), &Default::default());
+        let idx = |e: &str| {
+            rec.events
+                .iter()
+                .position(|x| x == e)
+                .unwrap_or_else(|| panic!("no {e} in {:?}", rec.events))
+        };
+        // The child is forked (from the root's seed) before the thread, which comes after
+        // the files; every thread is finished before the release, main threads last.
+        assert!(idx("adopt 101") < idx("adopt 102"));
+        assert!(idx("fill 100:0") < idx("adopt 102"));
+        assert!(idx("finish thread 102") < idx("finish main 100"));
+        assert!(idx("finish main 101") < idx("release"));
+        assert!(idx("sigmask 102") < idx("finish thread 102"));
+        // The child made its own session right after its fork, before anything else.
+        let child_calls: Vec<i64> = rec
+            .calls
+            .iter()
+            .filter(|(t, ..)| *t == 101)
+            .map(|(_, n, _)| *n)
+            .collect();
+        assert_eq!(child_calls[0], libc::SYS_setsid);
+        assert_eq!(child_calls[1], libc::SYS_close_range);
+        // The pipe: the root's fd 0 is its write end, the child's fd 0 the read end of the
+        // same pipe; the parked end is gone.
+        let root = &rec.fds[&100];
+        let child = &rec.fds[&101];
+        assert_eq!(root[&0].0, "pipe w");
+        assert_eq!(child[&0].0, "pipe r");
+        assert_eq!(root[&0].1, child[&0].1, "one pipe");
+        assert_eq!(root.keys().copied().collect::<Vec<_>>(), [0, 3, 4, 5, 6]);
+        assert_eq!(child.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        // Shared open files are the same object in both processes.
+        assert_eq!(root[&5], root[&6]);
+        assert_eq!(root[&5], child[&1]);
+        assert_eq!(root[&3].0, "eventfd");
+        assert_eq!(root[&4].0, "epoll");
+        // The epoll instance watches the eventfd, once both exist.
+        let ctl = rec
+            .calls
+            .iter()
+            .position(|(t, n, a)| *t == 100 && *n == libc::SYS_epoll_ctl && a[2] == 3)
+            .expect("epoll_ctl");
+        let ev = rec
+            .calls
+            .iter()
+            .position(|(t, n, _)| *t == 100 && *n == libc::SYS_eventfd2)
+            .unwrap();
+        assert!(ev < ctl);
+        // The blocked pending signal is queued to its thread; the deferred one comes after.
+        assert!(rec.calls.iter().any(|(t, n, a)| *t == 102
+            && *n == libc::SYS_rt_tgsigqueueinfo
+            && a[1] == 102
+            && a[2] == libc::SIGUSR2 as u64));
+    }
+
+    #[test]
+    fn the_plan_ends_with_deferred_signals_after_the_release() {
+        let ops = plan_restore(&tree(), &seed(), &Default::default(), &xstates(&tree())).unwrap();
+        let release = ops.iter().position(|o| *o == Op::Release).unwrap();
+        assert_eq!(
+            ops[release + 1..],
+            [Op::SignalAfter {
+                pid: 101,
+                sig: libc::SIGTERM
+            }]
+        );
+    }
+
+    #[test]
+    fn other_credentials_are_set_per_thread_before_the_mask() {
+        let mut imgs = tree();
+        imgs[0].uids = [1000; 4];
+        imgs[0].gids = [1000; 4];
+        imgs[0].caps.bounding = 0xff;
+        let ops = plan_restore(&imgs, &seed(), &Default::default(), &xstates(&imgs)).unwrap();
+        let of = |tid: i32, nr: i64| {
+            ops.iter().position(
+                |o| matches!(o, Op::Syscall { tid: t, call } if *t == tid && call.nr == nr),
+            )
+        };
+        for tid in [100, 102] {
+            let uid = of(tid, libc::SYS_setresuid).expect("setresuid in every thread");
+            let gid = of(tid, libc::SYS_setresgid).unwrap();
+            let cap = of(tid, libc::SYS_capset).unwrap();
+            let mask = ops
+                .iter()
+                .position(|o| {
+                    *o == Op::SetSigmask {
+                        tid,
+                        mask: imgs[0].threads[if tid == 100 { 0 } else { 1 }].sigmask,
+                    }
+                })
+                .unwrap();
+            assert!(gid < uid && uid < cap && cap < mask);
+        }
+        assert_eq!(
+            of(101, libc::SYS_setresuid),
+            None,
+            "the child has the restorer's"
+        );
     }
 
     #[test]
     fn a_different_vdso_is_refused() {
-        let seed = SeedLayout {
-            maps: vec![map(0x7f00_0010_0000, 0x7f00_0010_2000, "[vdso]")],
-            rseq: None,
-        };
-        let err = plan_restore(&image(), &seed, &Default::default(), vec![]).unwrap_err();
+        let mut s = seed();
+        s.maps = vec![map(0x7f00_0010_0000, 0x7f00_0010_2000, "[vdso]")];
+        s.rseq = None;
+        let imgs = [image(100, 0)];
+        let err = plan_restore(&imgs, &s, &Default::default(), &xstates(&imgs)).unwrap_err();
         assert!(err.to_string().contains("vDSO"), "{err}");
     }
 

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use super::{CrError, Result};
 
@@ -450,3 +450,172 @@ impl Injector {
 
 /// The bytes of `syscall; int3`.
 pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+
+/// `PTRACE_SETOPTIONS`.
+pub fn set_options(pid: i32, options: i32) -> Result<()> {
+    ptrace(
+        pid,
+        libc::PTRACE_SETOPTIONS,
+        0,
+        options as usize,
+        "SETOPTIONS",
+    )
+    .map(drop)
+}
+
+/// Size of a raw `siginfo_t`.
+pub const SIGINFO_LEN: usize = 128;
+
+/// `PTRACE_PEEKSIGINFO`: the signals pending for thread `tid` (or, with `shared`, for its
+/// whole process), as raw `siginfo_t`s, oldest first.
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    let mut buf = [[0u8; SIGINFO_LEN]; 32];
+    loop {
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: u32::from(shared), // PTRACE_PEEKSIGINFO_SHARED
+            nr: buf.len() as i32,
+        };
+        let n = ptrace(
+            tid,
+            libc::PTRACE_PEEKSIGINFO,
+            (&raw const args) as usize,
+            buf.as_mut_ptr() as usize,
+            "PEEKSIGINFO",
+        )?;
+        if n <= 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file (`kcmp`).
+pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    if r < 0 {
+        return Err(CrError::Proc {
+            pid: pid1,
+            what: format!("kcmp of fd {fd1} with fd {fd2} of process {pid2}"),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(r == 0)
+}
+
+/// `prlimit(pid, resource)`: soft and hard limit.
+pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a live rlimit64 the kernel writes; no new limit is passed.
+    let r = unsafe {
+        libc::prlimit64(
+            pid,
+            resource as libc::__rlimit_resource_t,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    if r != 0 {
+        return Err(CrError::Proc {
+            pid,
+            what: format!("prlimit of resource {resource}"),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `prlimit(pid, resource, soft, hard)`.
+pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `new` is a live rlimit64 the kernel reads; no old limit is asked for.
+    let r = unsafe {
+        libc::prlimit64(
+            pid,
+            resource as libc::__rlimit_resource_t,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The bytes buffered in the pipe that `/proc/PID/fd/FD` is an end of, without consuming
+/// them (a new read end, `tee` into a private pipe), and the pipe's buffer size.
+pub fn peek_pipe(pid: i32, fd: i32) -> Result<(Vec<u8>, u32)> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let err = |what: &str| CrError::Proc {
+        pid,
+        what: format!("{what} of the pipe at fd {fd}"),
+        source: io::Error::last_os_error(),
+    };
+    let src = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|source| CrError::Proc {
+            pid,
+            what: format!("re-opening the pipe at fd {fd}"),
+            source,
+        })?;
+    // SAFETY: fcntl with integer arguments on a live fd.
+    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if size < 0 {
+        return Err(err("F_GETPIPE_SZ"));
+    }
+    let mut ends = [0i32; 2];
+    // SAFETY: `ends` is a live [i32; 2] the kernel writes.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(err("a private pipe to copy"));
+    }
+    // SAFETY: pipe2 just returned these two fds, owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // SAFETY: fcntl with integer arguments on a live fd.
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < 0 {
+        return Err(err("F_SETPIPE_SZ"));
+    }
+    // SAFETY: tee between two live pipe fds, integer arguments.
+    let n = unsafe {
+        libc::tee(
+            src.as_raw_fd(),
+            w.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        if io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+            return Ok((Vec::new(), size as u32));
+        }
+        return Err(err("tee"));
+    }
+    drop(w);
+    let mut data = Vec::with_capacity(n as usize);
+    File::from(r)
+        .read_to_end(&mut data)
+        .map_err(|source| CrError::Proc {
+            pid,
+            what: format!("reading the copy of the pipe at fd {fd}"),
+            source,
+        })?;
+    Ok((data, size as u32))
+}

@@ -1,0 +1,781 @@
+//! File descriptors: what a checkpoint saves of each ([`read_fds`]) and the injected calls
+//! that give a restored process the same fds back ([`FilePlanner`]).
+//!
+//! Saved: files opened by path (regular files, directories, `/dev/null`, `/dev/zero`,
+//! `/dev/urandom`, `/dev/random`) with flags and offset; fds that share an open file with an
+//! earlier fd of the tree (`dup`, inherited across `fork`; found with `kcmp`) as references to
+//! it; unnamed pipes with their buffered bytes (both ends inside the tree, or one — the other
+//! end then reads as closed); eventfd, signalfd, timerfd and epoll instances; standard input,
+//! output and error on a terminal, socket or a pipe that leaves the tree as "stdio" (re-opened
+//! where the restorer says). Refused, naming the process and fd: sockets, FIFOs, terminals
+//! beyond stdio, other devices and anonymous inodes, deleted-but-open files.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::debug;
+
+use super::model::{Fd, FdKind, from_hex, to_hex};
+use super::procfs;
+use super::restore::{Call, Expect, Op};
+use super::sys;
+use super::{CrError, Result};
+
+const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+
+fn refused(pid: i32, fd: i32, link: &str, hint: &str) -> CrError {
+    CrError::Refused {
+        pid,
+        resource: format!("fd {fd} ({link})"),
+        hint: hint.into(),
+    }
+}
+
+/// The fd numbers of a process, in order.
+pub fn fd_numbers(pid: i32) -> Result<Vec<i32>> {
+    let mut nums: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|source| CrError::Proc {
+            pid,
+            what: "listing fds".into(),
+            source,
+        })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    nums.sort_unstable();
+    Ok(nums)
+}
+
+fn pipe_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Pipes with a read end and a write end inside the tree (by inode): the others leave it.
+pub fn internal_pipes(pids: &[i32]) -> Result<BTreeSet<u64>> {
+    let mut ends: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    for &pid in pids {
+        for fd in fd_numbers(pid)? {
+            let Ok(link) = procfs::read_link(pid, &format!("fd/{fd}")) else {
+                continue;
+            };
+            let Some(ino) = pipe_inode(&link) else {
+                continue;
+            };
+            let (_, flags) = fdinfo(pid, fd)?;
+            let e = ends.entry(ino).or_default();
+            if flags as i32 & libc::O_ACCMODE == libc::O_WRONLY {
+                e.1 = true;
+            } else {
+                e.0 = true;
+            }
+        }
+    }
+    Ok(ends
+        .into_iter()
+        .filter(|(_, (r, w))| *r && *w)
+        .map(|(i, _)| i)
+        .collect())
+}
+
+fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
+    procfs::parse_fdinfo(&procfs::read_text(pid, &format!("fdinfo/{fd}"))?).ok_or_else(|| {
+        CrError::Unexpected {
+            pid,
+            what: format!("unreadable /proc/PID/fdinfo/{fd}"),
+        }
+    })
+}
+
+/// The fds seen so far in a checkpoint of a tree, to find shared open files.
+#[derive(Default)]
+pub struct FileTable {
+    seen: Vec<(i32, i32, String)>,
+    pipes_with_data: BTreeSet<u64>,
+}
+
+/// Every fd of `pid`, or a refusal. `internal` are the pipes with both ends in the tree.
+pub fn read_fds(pid: i32, table: &mut FileTable, internal: &BTreeSet<u64>) -> Result<Vec<Fd>> {
+    let mut fds = Vec::new();
+    for fd in fd_numbers(pid)? {
+        let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
+        let mut shared = None;
+        for (p, f, l) in &table.seen {
+            if *l == link && sys::same_file(pid, fd, *p, *f)? {
+                shared = Some((*p, *f));
+                break;
+            }
+        }
+        let kind = match shared {
+            Some((p, f)) => FdKind::Dup {
+                pid: p,
+                fd: f,
+                cloexec: fdinfo(pid, fd)?.1 as i32 & libc::O_CLOEXEC != 0,
+            },
+            None => classify(pid, fd, &link, table, internal)?,
+        };
+        table.seen.push((pid, fd, link));
+        debug!(pid, fd, ?kind, "fd");
+        fds.push(Fd { fd, kind });
+    }
+    Ok(fds)
+}
+
+fn classify(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    table: &mut FileTable,
+    internal: &BTreeSet<u64>,
+) -> Result<FdKind> {
+    let (pos, flags) = fdinfo(pid, fd)?;
+    let is_tty = link.starts_with("/dev/pts/") || link.starts_with("/dev/tty");
+    let pipe = pipe_inode(link);
+    if fd <= 2
+        && (link.starts_with("socket:[") || is_tty || pipe.is_some_and(|i| !internal.contains(&i)))
+    {
+        return Ok(FdKind::Stdio {
+            was: link.to_string(),
+        });
+    }
+    if let Some(inode) = pipe {
+        let (data, size) = sys::peek_pipe(pid, fd)?;
+        // The bytes go with the first end of the pipe in the image.
+        let data = if table.pipes_with_data.insert(inode) {
+            to_hex(&data)
+        } else {
+            String::new()
+        };
+        return Ok(FdKind::Pipe {
+            inode,
+            write: flags as i32 & libc::O_ACCMODE == libc::O_WRONLY,
+            flags: flags & (libc::O_NONBLOCK | libc::O_CLOEXEC) as u32,
+            size,
+            data,
+        });
+    }
+    if let Some(kind) = link.strip_prefix("anon_inode:") {
+        let info = procfs::read_text(pid, &format!("fdinfo/{fd}"))?;
+        let field = |k: &str| procfs::status_field(&info, k).map(str::to_string);
+        let cloexec_nonblock = flags & (libc::O_NONBLOCK | libc::O_CLOEXEC) as u32;
+        let bad = || CrError::Unexpected {
+            pid,
+            what: format!("unreadable fdinfo of fd {fd} ({link})"),
+        };
+        return match kind {
+            "[eventfd]" => {
+                let count = field("eventfd-count")
+                    .and_then(|c| u64::from_str_radix(&c, 16).ok())
+                    .ok_or_else(bad)?;
+                let sem = field("eventfd-semaphore").as_deref() == Some("1");
+                Ok(FdKind::EventFd {
+                    count,
+                    flags: cloexec_nonblock | if sem { libc::EFD_SEMAPHORE as u32 } else { 0 },
+                })
+            }
+            "[signalfd]" => Ok(FdKind::SignalFd {
+                mask: field("sigmask")
+                    .and_then(|m| u64::from_str_radix(&m, 16).ok())
+                    .ok_or_else(bad)?,
+                flags: cloexec_nonblock,
+            }),
+            "[timerfd]" => {
+                let pair = |k: &str| -> Option<u64> {
+                    let v = field(k)?;
+                    let (s, ns) = v.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+                    Some(
+                        s.trim().parse::<u64>().ok()? * 1_000_000_000
+                            + ns.trim().parse::<u64>().ok()?,
+                    )
+                };
+                Ok(FdKind::TimerFd {
+                    clockid: field("clockid")
+                        .and_then(|c| c.parse().ok())
+                        .ok_or_else(bad)?,
+                    flags: cloexec_nonblock,
+                    value_ns: pair("it_value").ok_or_else(bad)?,
+                    interval_ns: pair("it_interval").ok_or_else(bad)?,
+                    ticks: field("ticks")
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(bad)?,
+                })
+            }
+            "[eventpoll]" => {
+                let mut watches = Vec::new();
+                for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                    let w: Vec<&str> = line.split_whitespace().collect();
+                    let get = |k: &str| {
+                        w.iter()
+                            .position(|x| *x == k)
+                            .and_then(|i| w.get(i + 1))
+                            .copied()
+                    };
+                    let tfd: i32 = get("tfd:").and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+                    let events = get("events:")
+                        .and_then(|x| u32::from_str_radix(x, 16).ok())
+                        .ok_or_else(bad)?;
+                    let data = get("data:")
+                        .and_then(|x| u64::from_str_radix(x, 16).ok())
+                        .ok_or_else(bad)?;
+                    let ino = line
+                        .split_whitespace()
+                        .find_map(|x| x.strip_prefix("ino:"))
+                        .and_then(|x| u64::from_str_radix(x, 16).ok());
+                    // The watched file must still be that fd of this process.
+                    let here = std::fs::metadata(format!("/proc/{pid}/fd/{tfd}"));
+                    use std::os::unix::fs::MetadataExt;
+                    if here.as_ref().map(|m| m.ino()).ok() != ino {
+                        return Err(refused(
+                            pid,
+                            fd,
+                            link,
+                            &format!(
+                                "it watches a file that is no longer fd {tfd} of the process \
+                                 (closed or moved after epoll_ctl)"
+                            ),
+                        ));
+                    }
+                    watches.push((tfd, events, data));
+                }
+                Ok(FdKind::Epoll {
+                    flags: flags & libc::O_CLOEXEC as u32,
+                    watches,
+                })
+            }
+            _ => Err(refused(
+                pid,
+                fd,
+                link,
+                "of anonymous inodes only eventfd, signalfd, timerfd and epoll are supported",
+            )),
+        };
+    }
+    if link.starts_with('/') && !link.ends_with(" (deleted)") {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|_| refused(pid, fd, link, "its file cannot be stat'ed"))?;
+        if md.is_file() || md.is_dir() || DEVICES.contains(&link) {
+            return Ok(FdKind::Path {
+                path: link.to_string(),
+                flags,
+                pos,
+                seekable: md.is_file(),
+            });
+        }
+        let hint = if md.file_type().is_fifo_like() {
+            "named pipes (FIFOs) are not supported yet"
+        } else {
+            "of devices only /dev/null, /dev/zero, /dev/urandom and /dev/random are supported"
+        };
+        return Err(refused(pid, fd, link, hint));
+    }
+    let hint = if link.ends_with(" (deleted)") {
+        "deleted-but-open files are not supported yet"
+    } else if link.starts_with("socket:[") {
+        "sockets are not supported yet (but as stdin, stdout or stderr)"
+    } else {
+        "this kind of file is not supported"
+    };
+    Err(refused(pid, fd, link, hint))
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+
+impl FifoLike for std::fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_fifo()
+    }
+}
+
+pub(crate) use planner::FilePlanner;
+
+mod planner {
+    use super::*;
+
+    /// Flags `open(2)` takes back from fdinfo's.
+    const OPEN_FLAGS_KEPT: i32 = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_SYNC
+        | libc::O_DIRECT
+        | libc::O_LARGEFILE
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_PATH;
+
+    /// Where a pipe was created: the process and the fds holding its read and write ends.
+    #[derive(Clone, Copy, Debug)]
+    struct PipeAt {
+        pid: i32,
+        read: i32,
+        write: i32,
+    }
+
+    /// Plans the fds of every process of a tree, in tree order, tracking which fd numbers
+    /// are open in each process (so every fd a call returns is known in advance) and which
+    /// temporary fds must be closed at the end.
+    pub struct FilePlanner<'a> {
+        data: u64,
+        stdio: &'a [String; 3],
+        pipes: BTreeMap<u64, PipeAt>,
+        /// Per process: the fd numbers open now.
+        open: BTreeMap<i32, BTreeSet<i32>>,
+        /// Per process: temporaries to close once every process has its fds.
+        temps: BTreeMap<i32, Vec<i32>>,
+    }
+
+    fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: String) -> Op {
+        Op::Syscall {
+            tid,
+            call: Call {
+                nr,
+                args,
+                data: None,
+                expect,
+                what,
+            },
+        }
+    }
+
+    fn call_with(
+        tid: i32,
+        nr: i64,
+        args: [u64; 6],
+        data: (u64, Vec<u8>),
+        expect: Expect,
+        what: String,
+    ) -> Op {
+        Op::Syscall {
+            tid,
+            call: Call {
+                nr,
+                args,
+                data: Some(data),
+                expect,
+                what,
+            },
+        }
+    }
+
+    impl<'a> FilePlanner<'a> {
+        /// A planner writing call arguments at `data` (a page free in every process).
+        pub fn new(data: u64, stdio: &'a [String; 3]) -> Self {
+            FilePlanner {
+                data,
+                stdio,
+                pipes: BTreeMap::new(),
+                open: BTreeMap::new(),
+                temps: BTreeMap::new(),
+            }
+        }
+
+        fn lowest_free(&self, pid: i32, avoid: &BTreeSet<i32>) -> i32 {
+            let open = self.open.get(&pid);
+            (0..)
+                .find(|n| !open.is_some_and(|o| o.contains(n)) && !avoid.contains(n))
+                .expect("a free fd")
+        }
+
+        fn lowest_open_slot(&self, pid: i32) -> i32 {
+            self.lowest_free(pid, &BTreeSet::new())
+        }
+
+        fn opened(&mut self, pid: i32, fd: i32) {
+            self.open.entry(pid).or_default().insert(fd);
+        }
+
+        fn closed(&mut self, pid: i32, fd: i32) {
+            self.open.entry(pid).or_default().remove(&fd);
+        }
+
+        /// Moves the fd `from` (just created, the lowest free) to `to`.
+        fn settle(&mut self, ops: &mut Vec<Op>, pid: i32, from: i32, to: i32, cloexec: bool) {
+            if from != to {
+                ops.push(call(
+                    pid,
+                    libc::SYS_dup3,
+                    [
+                        from as u64,
+                        to as u64,
+                        if cloexec { libc::O_CLOEXEC as u64 } else { 0 },
+                        0,
+                        0,
+                        0,
+                    ],
+                    Expect::Eq(to as u64),
+                    format!("dup3 of fd {from} to fd {to}"),
+                ));
+                ops.push(call(
+                    pid,
+                    libc::SYS_close,
+                    [from as u64, 0, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("close of fd {from}"),
+                ));
+                self.closed(pid, from);
+            }
+            self.opened(pid, to);
+        }
+
+        /// The calls that give process `pid` its fds, lowest number first.
+        pub fn plan(&mut self, pid: i32, fds: &[Fd], ops: &mut Vec<Op>) -> Result<()> {
+            let finals: BTreeSet<i32> = fds.iter().map(|f| f.fd).collect();
+            let data = self.data;
+            for f in fds {
+                let low = self.lowest_open_slot(pid);
+                let cloexec_of = |flags: u32| flags as i32 & libc::O_CLOEXEC != 0;
+                match &f.kind {
+                    FdKind::Path { .. } | FdKind::Stdio { .. } => {
+                        let (path, flags, pos) = match &f.kind {
+                            FdKind::Path {
+                                path,
+                                flags,
+                                pos,
+                                seekable,
+                            } => (
+                                path.as_str(),
+                                *flags as i32 & OPEN_FLAGS_KEPT,
+                                seekable.then_some(*pos).filter(|p| *p != 0),
+                            ),
+                            _ => {
+                                let Some(p) = self.stdio.get(f.fd as usize) else {
+                                    return Err(CrError::Incompatible(format!(
+                                        "stdio fd {}",
+                                        f.fd
+                                    )));
+                                };
+                                let flags = if f.fd == 0 {
+                                    libc::O_RDONLY
+                                } else {
+                                    libc::O_WRONLY | libc::O_APPEND
+                                };
+                                (p.as_str(), flags, None)
+                            }
+                        };
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, data, flags as u64, 0, 0, 0],
+                            (data, super::super::restore::cstr(path)?),
+                            Expect::Eq(low as u64),
+                            format!("open of {path} for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, flags & libc::O_CLOEXEC != 0);
+                        if let Some(pos) = pos {
+                            ops.push(call(
+                                pid,
+                                libc::SYS_lseek,
+                                [f.fd as u64, pos, libc::SEEK_SET as u64, 0, 0, 0],
+                                Expect::Eq(pos),
+                                format!("lseek of fd {} to {pos}", f.fd),
+                            ));
+                        }
+                    }
+                    FdKind::Dup {
+                        pid: owner,
+                        fd: ofd,
+                        cloexec,
+                    } => {
+                        self.take_from(ops, pid, *owner, *ofd, f.fd)?;
+                        // Close-on-exec belongs to the fd, not the open file.
+                        ops.push(call(
+                            pid,
+                            libc::SYS_fcntl,
+                            [
+                                f.fd as u64,
+                                libc::F_SETFD as u64,
+                                if *cloexec { libc::FD_CLOEXEC as u64 } else { 0 },
+                                0,
+                                0,
+                                0,
+                            ],
+                            Expect::Zero,
+                            format!("F_SETFD of fd {}", f.fd),
+                        ));
+                    }
+                    FdKind::Pipe {
+                        inode,
+                        write,
+                        flags,
+                        size,
+                        data: bytes,
+                    } => {
+                        if let Some(at) = self.pipes.get(inode).copied() {
+                            // The other end, created with the first: take it from there.
+                            let from = if *write { at.write } else { at.read };
+                            self.take_from(ops, pid, at.pid, from, f.fd)?;
+                            set_flags(ops, pid, f.fd, *flags);
+                            continue;
+                        }
+                        // Create it; the end this fd is goes to its number, the other end is
+                        // parked (until every process has its fds) at a number that is no
+                        // final fd of this process, so that no later fd clobbers it.
+                        let r = self.lowest_open_slot(pid);
+                        self.opened(pid, r);
+                        let w = self.lowest_open_slot(pid);
+                        self.opened(pid, w);
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_pipe2,
+                            [data, libc::O_CLOEXEC as u64, 0, 0, 0, 0],
+                            (data, vec![0; 8]),
+                            Expect::Zero,
+                            format!("pipe2 for fd {} (ends {r} and {w})", f.fd),
+                        ));
+                        ops.push(call(
+                            pid,
+                            libc::SYS_fcntl,
+                            [w as u64, libc::F_SETPIPE_SZ as u64, *size as u64, 0, 0, 0],
+                            Expect::Any,
+                            format!("F_SETPIPE_SZ of the pipe for fd {}", f.fd),
+                        ));
+                        let (mine, mut other) = if *write { (w, r) } else { (r, w) };
+                        if finals.contains(&other) {
+                            let park = self.lowest_free(pid, &finals);
+                            ops.push(call(
+                                pid,
+                                libc::SYS_dup3,
+                                [other as u64, park as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+                                Expect::Eq(park as u64),
+                                format!("dup3 of the pipe's other end to fd {park}"),
+                            ));
+                            ops.push(call(
+                                pid,
+                                libc::SYS_close,
+                                [other as u64, 0, 0, 0, 0, 0],
+                                Expect::Zero,
+                                format!("close of fd {other}"),
+                            ));
+                            self.closed(pid, other);
+                            self.opened(pid, park);
+                            other = park;
+                        }
+                        self.settle(ops, pid, mine, f.fd, cloexec_of(*flags));
+                        self.temps.entry(pid).or_default().push(other);
+                        let (rfd, wfd) = if *write { (other, f.fd) } else { (f.fd, other) };
+                        self.pipes.insert(
+                            *inode,
+                            PipeAt {
+                                pid,
+                                read: rfd,
+                                write: wfd,
+                            },
+                        );
+                        let bytes = from_hex(bytes).ok_or_else(|| {
+                            CrError::Incompatible(format!(
+                                "the bytes of the pipe at fd {} are not hex",
+                                f.fd
+                            ))
+                        })?;
+                        if !bytes.is_empty() {
+                            ops.push(Op::FillPipe {
+                                pid,
+                                fd: wfd,
+                                data: bytes,
+                            });
+                        }
+                        set_flags(ops, pid, f.fd, *flags);
+                    }
+                    FdKind::EventFd { count, flags } => {
+                        ops.push(call(
+                            pid,
+                            libc::SYS_eventfd2,
+                            [*count, *flags as u64, 0, 0, 0, 0],
+                            Expect::Eq(low as u64),
+                            format!("eventfd2 for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                    }
+                    FdKind::SignalFd { mask, flags } => {
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_signalfd4,
+                            [u64::MAX, data, 8, *flags as u64, 0, 0],
+                            (data, mask.to_ne_bytes().to_vec()),
+                            Expect::Eq(low as u64),
+                            format!("signalfd4 for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                    }
+                    FdKind::TimerFd {
+                        clockid,
+                        flags,
+                        value_ns,
+                        interval_ns,
+                        ticks,
+                    } => {
+                        ops.push(call(
+                            pid,
+                            libc::SYS_timerfd_create,
+                            [*clockid as u64, *flags as u64, 0, 0, 0, 0],
+                            Expect::Eq(low as u64),
+                            format!("timerfd_create for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                        // Unread expirations come back as one that is due at once.
+                        let value = if *ticks > 0 { 1 } else { *value_ns };
+                        if value > 0 {
+                            let mut spec = Vec::with_capacity(32);
+                            for ns in [*interval_ns, value] {
+                                spec.extend((ns / 1_000_000_000).to_ne_bytes());
+                                spec.extend((ns % 1_000_000_000).to_ne_bytes());
+                            }
+                            ops.push(call_with(
+                                pid,
+                                libc::SYS_timerfd_settime,
+                                [f.fd as u64, 0, data, 0, 0, 0],
+                                (data, spec),
+                                Expect::Zero,
+                                format!("timerfd_settime of fd {}", f.fd),
+                            ));
+                        }
+                    }
+                    FdKind::Epoll { flags, .. } => {
+                        ops.push(call(
+                            pid,
+                            libc::SYS_epoll_create1,
+                            [*flags as u64 & libc::O_CLOEXEC as u64, 0, 0, 0, 0, 0],
+                            Expect::Eq(low as u64),
+                            format!("epoll_create1 for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                    }
+                }
+            }
+            // Close-on-exec as saved for dups and taken fds; epoll interest lists once
+            // every fd exists.
+            for f in fds {
+                if let FdKind::Epoll { watches, .. } = &f.kind {
+                    for (tfd, events, udata) in watches {
+                        let mut ev = Vec::with_capacity(12);
+                        ev.extend(events.to_ne_bytes());
+                        ev.extend(udata.to_ne_bytes());
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_epoll_ctl,
+                            [
+                                f.fd as u64,
+                                libc::EPOLL_CTL_ADD as u64,
+                                *tfd as u64,
+                                data,
+                                0,
+                                0,
+                            ],
+                            (data, ev),
+                            Expect::Zero,
+                            format!("epoll_ctl ADD of fd {tfd} to epoll fd {}", f.fd),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// Gives `pid` fd `to`, the same open file as fd `from` of `owner` (`pidfd_open` +
+        /// `pidfd_getfd` injected in `pid`, or `dup3` within one process).
+        fn take_from(
+            &mut self,
+            ops: &mut Vec<Op>,
+            pid: i32,
+            owner: i32,
+            from: i32,
+            to: i32,
+        ) -> Result<()> {
+            if owner == pid {
+                ops.push(call(
+                    pid,
+                    libc::SYS_dup3,
+                    [from as u64, to as u64, 0, 0, 0, 0],
+                    Expect::Eq(to as u64),
+                    format!("dup3 of fd {from} to fd {to}"),
+                ));
+                self.opened(pid, to);
+                return Ok(());
+            }
+            let pidfd = self.lowest_open_slot(pid);
+            ops.push(call(
+                pid,
+                libc::SYS_pidfd_open,
+                [owner as u64, 0, 0, 0, 0, 0],
+                Expect::Eq(pidfd as u64),
+                format!("pidfd_open of process {owner}"),
+            ));
+            self.opened(pid, pidfd);
+            let got = self.lowest_open_slot(pid);
+            ops.push(call(
+                pid,
+                libc::SYS_pidfd_getfd,
+                [pidfd as u64, from as u64, 0, 0, 0, 0],
+                Expect::Eq(got as u64),
+                format!("pidfd_getfd of fd {from} of process {owner}"),
+            ));
+            self.opened(pid, got);
+            ops.push(call(
+                pid,
+                libc::SYS_close,
+                [pidfd as u64, 0, 0, 0, 0, 0],
+                Expect::Zero,
+                format!("close of the pidfd of process {owner}"),
+            ));
+            self.closed(pid, pidfd);
+            // pidfd_getfd sets close-on-exec; the saved flag is set after.
+            self.settle(ops, pid, got, to, false);
+            Ok(())
+        }
+
+        /// Closes every temporary fd; call once every process has its fds.
+        pub fn close_temporaries(&mut self, ops: &mut Vec<Op>) {
+            for (pid, fds) in std::mem::take(&mut self.temps) {
+                for fd in fds {
+                    ops.push(call(
+                        pid,
+                        libc::SYS_close,
+                        [fd as u64, 0, 0, 0, 0, 0],
+                        Expect::Zero,
+                        format!("close of the temporary fd {fd}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sets the saved close-on-exec and non-blocking flags of a pipe end.
+    fn set_flags(ops: &mut Vec<Op>, pid: i32, fd: i32, flags: u32) {
+        let cloexec = flags as i32 & libc::O_CLOEXEC != 0;
+        ops.push(call(
+            pid,
+            libc::SYS_fcntl,
+            [
+                fd as u64,
+                libc::F_SETFD as u64,
+                if cloexec { libc::FD_CLOEXEC as u64 } else { 0 },
+                0,
+                0,
+                0,
+            ],
+            Expect::Zero,
+            format!("F_SETFD of fd {fd}"),
+        ));
+        ops.push(call(
+            pid,
+            libc::SYS_fcntl,
+            [
+                fd as u64,
+                libc::F_SETFL as u64,
+                (flags as i32 & libc::O_NONBLOCK) as u64,
+                0,
+                0,
+                0,
+            ],
+            Expect::Zero,
+            format!("F_SETFL of fd {fd}"),
+        ));
+    }
+}
