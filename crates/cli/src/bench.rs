@@ -57,6 +57,20 @@ pub enum BenchCommand {
         #[arg(long)]
         passes: Option<u32>,
     },
+    /// The native checkpoint/restore engine on a C program with N MiB of touched memory (built
+    /// with `cc` here): cold start, checkpoint and eager restore (time, GB/s), the snapshot
+    /// repository's read throughput for the image, checkpoint and restore through the
+    /// repository, a second checkpoint's upload, and runsc's checkpoint and restore of the same
+    /// program, side by side with the goals. As root.
+    Native {
+        /// Memory sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+        sizes: Vec<usize>,
+        /// Working directory (needs about 3x the largest size free); a temporary one under
+        /// /var/tmp, removed at the end, when absent.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
@@ -80,6 +94,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             work_dir,
             passes,
         } => crate::bench_snapshot::run(&sizes, &demo_binary, work_dir, passes).await,
+        BenchCommand::Native { sizes, work_dir } => {
+            crate::bench_native::run(&sizes, work_dir).await
+        }
     }
 }
 

@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_native;
 mod bench_snapshot;
 mod image_cmd;
 mod native_cmd;
+mod native_repo;
 mod node_cmd;
 mod progress;
 mod repo_cmd;
@@ -157,7 +159,8 @@ enum Command {
         command: image_cmd::ImageCommand,
     },
     /// podsnap's own checkpoint/restore of a process, outside Pods (for debugging):
-    /// `native checkpoint --pid PID --dir DIR`, `native restore --dir DIR`.
+    /// `native checkpoint --pid PID --dir DIR`, `native restore --dir DIR`, or through a
+    /// snapshot repository with `--repo REPO --name NAME` instead of `--dir`.
     Native {
         #[command(subcommand)]
         command: native_cmd::NativeCommand,
