@@ -191,6 +191,7 @@ fn a_taken_pid_and_a_corrupt_image_are_clear_errors() {
         &img,
         &CheckpointOptions {
             leave_running: true,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -259,5 +260,15 @@ fn eventfd_timerfd_signalfd_epoll_shared_offsets_queued_signals_and_itimers() {
     let bin = compile("kinds", dir.path());
     let result = dir.path().join("result");
     let child = start(&bin, &[dir.path(), &result]);
+    cycle(child, dir.path(), &result);
+}
+
+#[test]
+fn listening_and_bound_sockets_keep_their_ports_and_connections_come_back_closed() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("sockets", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
     cycle(child, dir.path(), &result);
 }

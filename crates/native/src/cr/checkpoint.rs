@@ -18,14 +18,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
-use super::model::{Backing, Caps, MmLayout, ProcessImage, SigAction, ThreadState, Vma, to_hex};
+use super::model::{
+    Backing, Caps, FdKind, MmLayout, ProcessImage, SigAction, ThreadState, Vma, to_hex,
+};
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
 use super::{CrError, Result};
@@ -36,6 +38,9 @@ pub struct CheckpointOptions {
     /// Let the processes run on afterwards (default: kill them once the image is durable, so
     /// that their PIDs are free for the restore).
     pub leave_running: bool,
+    /// Files that, open as standard input, output or error, are saved as "stdio" (given a new
+    /// file by the restorer) rather than by path: e.g. a container's log file on the host.
+    pub stdio_paths: Vec<PathBuf>,
 }
 
 /// What a checkpoint did, for people.
@@ -167,6 +172,18 @@ fn stop_tree(root: i32, stopped: &mut Stopped) -> Result<Tree> {
 
 /// Checkpoints the process tree under `pid` into the directory `dir`.
 pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
+    checkpoint_with(pid, dir, opts, &mut || Ok(()))
+}
+
+/// [`checkpoint`], running `while_stopped` once the image is written and before any process
+/// runs again (or is killed): e.g. to copy the file system changes the processes made. Its
+/// error fails the checkpoint.
+pub fn checkpoint_with(
+    pid: i32,
+    dir: &Path,
+    opts: &CheckpointOptions,
+    while_stopped: &mut dyn FnMut() -> std::result::Result<(), String>,
+) -> Result<CheckpointStats> {
     let root_ppid = Stat::parse(&procfs::read_text(pid, "stat")?)
         .and_then(|s| s.field(4))
         .unwrap_or(0) as i32;
@@ -177,7 +194,9 @@ pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Chec
         keep: false,
     };
     let tree = stop_tree(pid, &mut stopped)?;
-    let (processes, page_bytes) = dump_tree(&tree, dir, &mut stopped.deferred)?;
+    let (mut processes, page_bytes) =
+        dump_tree(&tree, dir, &opts.stdio_paths, &mut stopped.deferred)?;
+    to_namespace_pids(dir, &mut processes)?;
     let frozen = t0.elapsed();
     let threads = tree.iter().map(|(_, t)| t.len()).sum();
     let vmas = processes.iter().map(|p| p.vmas.len()).sum();
@@ -188,6 +207,7 @@ pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Chec
         processes,
     };
     image::write_manifest(dir, &manifest)?;
+    while_stopped().map_err(|what| CrError::Unexpected { pid, what })?;
     if opts.leave_running {
         stopped.detach_all();
     } else {
@@ -195,8 +215,6 @@ pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Chec
         for (p, _) in &tree {
             let _ = sys::kill(*p, libc::SIGKILL);
         }
-        // The tracer sees each death first, then the parent, which reaps it. When this
-        // process is the root's parent too, the root's zombie is left to its own wait.
         // A thread group's leader is reported only after its other threads: children and
         // threads first.
         for (_, tids) in tree.iter().rev() {
@@ -221,6 +239,56 @@ pub fn checkpoint(pid: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Chec
         vmas,
         page_bytes,
         frozen,
+    })
+}
+
+/// Rewrites every PID and TID of the images (taken in this process's view) into the tree's
+/// own pid namespace, where the restore makes them again. Process groups and sessions led
+/// from outside the tree keep no number that means anything there: they become 0.
+fn to_namespace_pids(dir: &Path, processes: &mut [ProcessImage]) -> Result<()> {
+    let mut map = BTreeMap::new();
+    for p in processes.iter() {
+        for t in &p.threads {
+            map.insert(t.tid, sys::ns_pid(t.tid)?);
+        }
+    }
+    if map.iter().all(|(a, b)| a == b) {
+        return Ok(());
+    }
+    let root = processes[0].pid;
+    let tr = |x: i32| map.get(&x).copied().unwrap_or(0);
+    for p in processes.iter_mut() {
+        let is_root = p.pid == root;
+        p.pid = tr(p.pid);
+        p.ppid = if is_root { 0 } else { tr(p.ppid) };
+        p.pgid = tr(p.pgid);
+        p.sid = tr(p.sid);
+        // Renamed in two steps: a new name may be an old name not renamed yet.
+        let tmp = format!("{}.renaming", p.pages.file);
+        rename(dir, &p.pages.file, &tmp)?;
+        p.pages.file = tmp;
+        for t in &mut p.threads {
+            t.tid = tr(t.tid);
+        }
+        for f in &mut p.fds {
+            if let FdKind::Dup { pid, .. } = &mut f.kind {
+                *pid = tr(*pid);
+            }
+        }
+    }
+    for p in processes.iter_mut() {
+        let name = image::pages_file_name(p.pid);
+        rename(dir, &p.pages.file, &name)?;
+        p.pages.file = name;
+    }
+    Ok(())
+}
+
+fn rename(dir: &Path, from: &str, to: &str) -> Result<()> {
+    std::fs::rename(dir.join(from), dir.join(to)).map_err(|source| CrError::ImageIo {
+        path: dir.join(from),
+        what: format!("renaming to {to}"),
+        source,
     })
 }
 
@@ -255,11 +323,12 @@ fn preflight(pid: i32) -> Result<()> {
 fn dump_tree(
     tree: &Tree,
     dir: &Path,
+    stdio_paths: &[PathBuf],
     deferred: &mut BTreeMap<i32, Vec<i32>>,
 ) -> Result<(Vec<ProcessImage>, u64)> {
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
     let internal = files::internal_pipes(&pids)?;
-    let mut table = files::FileTable::default();
+    let mut table = files::FileTable::new(stdio_paths);
     let mut out = Vec::new();
     let mut bytes = 0;
     for (i, (pid, tids)) in tree.iter().enumerate() {

@@ -5,10 +5,13 @@
 //! `/dev/urandom`, `/dev/random`) with flags and offset; fds that share an open file with an
 //! earlier fd of the tree (`dup`, inherited across `fork`; found with `kcmp`) as references to
 //! it; unnamed pipes with their buffered bytes (both ends inside the tree, or one — the other
-//! end then reads as closed); eventfd, signalfd, timerfd and epoll instances; standard input,
-//! output and error on a terminal, socket or a pipe that leaves the tree as "stdio" (re-opened
-//! where the restorer says). Refused, naming the process and fd: sockets, FIFOs, terminals
-//! beyond stdio, other devices and anonymous inodes, deleted-but-open files.
+//! end then reads as closed); eventfd, signalfd, timerfd and epoll instances; TCP and UDP
+//! sockets that are not connected (listening, bound), bound to the same port again; connected
+//! TCP sockets, which come back closed by their peer; standard input, output and error on a
+//! terminal, socket, a pipe that leaves the tree or a file the checkpoint names as "stdio"
+//! (given a new file by the restorer). Refused, naming the process and fd: Unix and other
+//! sockets, connected UDP sockets, FIFOs, terminals beyond stdio, other devices and anonymous
+//! inodes, deleted-but-open files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +19,7 @@ use tracing::debug;
 
 use super::model::{Fd, FdKind, from_hex, to_hex};
 use super::procfs;
-use super::restore::{Call, Expect, Op};
+use super::restore::{Call, Expect, Op, Stdio};
 use super::sys;
 use super::{CrError, Result};
 
@@ -89,6 +92,20 @@ fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
 pub struct FileTable {
     seen: Vec<(i32, i32, String)>,
     pipes_with_data: BTreeSet<u64>,
+    stdio_paths: Vec<String>,
+}
+
+impl FileTable {
+    /// A table where `stdio_paths`, open as fd 0, 1 or 2, are saved as stdio.
+    pub fn new(stdio_paths: &[std::path::PathBuf]) -> Self {
+        FileTable {
+            stdio_paths: stdio_paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Every fd of `pid`, or a refusal. `internal` are the pipes with both ends in the tree.
@@ -129,7 +146,10 @@ fn classify(
     let is_tty = link.starts_with("/dev/pts/") || link.starts_with("/dev/tty");
     let pipe = pipe_inode(link);
     if fd <= 2
-        && (link.starts_with("socket:[") || is_tty || pipe.is_some_and(|i| !internal.contains(&i)))
+        && (link.starts_with("socket:[")
+            || is_tty
+            || pipe.is_some_and(|i| !internal.contains(&i))
+            || table.stdio_paths.iter().any(|p| p == link))
     {
         return Ok(FdKind::Stdio {
             was: link.to_string(),
@@ -247,6 +267,9 @@ fn classify(
             )),
         };
     }
+    if link.starts_with("socket:[") {
+        return socket(pid, fd, link, flags);
+    }
     if link.starts_with('/') && !link.ends_with(" (deleted)") {
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
             .map_err(|_| refused(pid, fd, link, "its file cannot be stat'ed"))?;
@@ -273,6 +296,85 @@ fn classify(
         "this kind of file is not supported"
     };
     Err(refused(pid, fd, link, hint))
+}
+
+/// A socket: Internet sockets that are not connected are saved; connected stream sockets
+/// come back closed; Unix sockets are refused.
+fn socket(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FdKind> {
+    let sock = sys::steal_fd(pid, fd)?;
+    let opt = |level, name| {
+        sys::sockopt_int(&sock, level, name).map_err(|source| CrError::Proc {
+            pid,
+            what: format!("reading socket option {name} of fd {fd}"),
+            source,
+        })
+    };
+    let family = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let sock_type = opt(libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let flags = flags & (libc::O_NONBLOCK | libc::O_CLOEXEC) as u32;
+    if family != libc::AF_INET && family != libc::AF_INET6 {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "of sockets only TCP and UDP ones are supported yet (not Unix or netlink sockets)",
+        ));
+    }
+    let connected = sys::sock_addr(&sock, true).is_ok();
+    if connected {
+        if sock_type == libc::SOCK_STREAM {
+            return Ok(FdKind::ClosedSocket {
+                flags,
+                was: link.to_string(),
+            });
+        }
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "connected datagram sockets are not supported yet",
+        ));
+    }
+    let addr = sys::sock_addr(&sock, false).ok().filter(|a| {
+        // Unbound: port 0.
+        a.len() >= 4 && u16::from_be_bytes([a[2], a[3]]) != 0
+    });
+    Ok(FdKind::InetSocket {
+        family,
+        sock_type,
+        protocol: opt(libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+        flags,
+        addr: addr.map(|a| to_hex(&a)),
+        listening: opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
+        reuse_addr: opt(libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0,
+        reuse_port: opt(libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0,
+        v6only: family == libc::AF_INET6 && opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 0,
+    })
+}
+
+/// A saved socket address for a restore in a new network: an address that is neither
+/// loopback nor unspecified (the Pod's old IP) becomes unspecified, the port stays.
+pub fn rebind_address(addr: &[u8]) -> Vec<u8> {
+    let mut a = addr.to_vec();
+    let family = a.get(..2).map(|f| u16::from_ne_bytes([f[0], f[1]]) as i32);
+    match family {
+        Some(libc::AF_INET) if a.len() >= 8 => {
+            if a[4] != 127 {
+                a[4..8].fill(0);
+            }
+        }
+        Some(libc::AF_INET6) if a.len() >= 24 => {
+            let ip = &a[8..24];
+            let loopback = ip[..15].iter().all(|b| *b == 0) && ip[15] == 1;
+            let v4_loopback =
+                ip[..10].iter().all(|b| *b == 0) && ip[10..12] == [0xff, 0xff] && ip[12] == 127;
+            if !loopback && !v4_loopback {
+                a[8..24].fill(0);
+            }
+        }
+        _ => {}
+    }
+    a
 }
 
 trait FifoLike {
@@ -305,6 +407,9 @@ mod planner {
         | libc::O_CLOEXEC
         | libc::O_PATH;
 
+    /// The backlog of restored listening sockets (the kernel caps it at `somaxconn`).
+    const LISTEN_BACKLOG: u64 = 4096;
+
     /// Where a pipe was created: the process and the fds holding its read and write ends.
     #[derive(Clone, Copy, Debug)]
     struct PipeAt {
@@ -318,7 +423,7 @@ mod planner {
     /// temporary fds must be closed at the end.
     pub struct FilePlanner<'a> {
         data: u64,
-        stdio: &'a [String; 3],
+        stdio: &'a Stdio,
         pipes: BTreeMap<u64, PipeAt>,
         /// Per process: the fd numbers open now.
         open: BTreeMap<i32, BTreeSet<i32>>,
@@ -361,7 +466,7 @@ mod planner {
 
     impl<'a> FilePlanner<'a> {
         /// A planner writing call arguments at `data` (a page free in every process).
-        pub fn new(data: u64, stdio: &'a [String; 3]) -> Self {
+        pub fn new(data: u64, stdio: &'a Stdio) -> Self {
             FilePlanner {
                 data,
                 stdio,
@@ -423,7 +528,17 @@ mod planner {
         pub fn plan(&mut self, pid: i32, fds: &[Fd], ops: &mut Vec<Op>) -> Result<()> {
             let finals: BTreeSet<i32> = fds.iter().map(|f| f.fd).collect();
             let data = self.data;
+            let stdio = self.stdio;
+            let paths = match stdio {
+                Stdio::Paths(p) => Some(p),
+                Stdio::Inherit => None,
+            };
             for f in fds {
+                if let (FdKind::Stdio { .. }, None) = (&f.kind, paths) {
+                    // Kept from the seed.
+                    self.opened(pid, f.fd);
+                    continue;
+                }
                 let low = self.lowest_open_slot(pid);
                 let cloexec_of = |flags: u32| flags as i32 & libc::O_CLOEXEC != 0;
                 match &f.kind {
@@ -440,7 +555,7 @@ mod planner {
                                 seekable.then_some(*pos).filter(|p| *p != 0),
                             ),
                             _ => {
-                                let Some(p) = self.stdio.get(f.fd as usize) else {
+                                let Some(p) = paths.and_then(|p| p.get(f.fd as usize)) else {
                                     return Err(CrError::Incompatible(format!(
                                         "stdio fd {}",
                                         f.fd
@@ -635,6 +750,113 @@ mod planner {
                                 format!("timerfd_settime of fd {}", f.fd),
                             ));
                         }
+                    }
+                    FdKind::InetSocket {
+                        family,
+                        sock_type,
+                        protocol,
+                        flags,
+                        addr,
+                        listening,
+                        reuse_addr,
+                        reuse_port,
+                        v6only,
+                    } => {
+                        let sock_flags = *flags as i32 & (libc::O_NONBLOCK | libc::O_CLOEXEC);
+                        ops.push(call(
+                            pid,
+                            libc::SYS_socket,
+                            [
+                                *family as u64,
+                                (*sock_type | sock_flags) as u64,
+                                *protocol as u64,
+                                0,
+                                0,
+                                0,
+                            ],
+                            Expect::Eq(low as u64),
+                            format!("socket for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                        let mut opts = vec![
+                            (libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse_addr),
+                            (libc::SOL_SOCKET, libc::SO_REUSEPORT, *reuse_port),
+                        ];
+                        if *family == libc::AF_INET6 {
+                            opts.push((libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, *v6only));
+                        }
+                        for (level, name, on) in opts {
+                            if on || name == libc::IPV6_V6ONLY {
+                                ops.push(call_with(
+                                    pid,
+                                    libc::SYS_setsockopt,
+                                    [f.fd as u64, level as u64, name as u64, data, 4, 0],
+                                    (data, i32::from(on).to_ne_bytes().to_vec()),
+                                    Expect::Zero,
+                                    format!("setsockopt {name} of fd {}", f.fd),
+                                ));
+                            }
+                        }
+                        if let Some(addr) = addr {
+                            let bytes = from_hex(addr).ok_or_else(|| {
+                                CrError::Incompatible(format!(
+                                    "the address of the socket at fd {} is not hex",
+                                    f.fd
+                                ))
+                            })?;
+                            let bytes = rebind_address(&bytes);
+                            let len = bytes.len() as u64;
+                            ops.push(call_with(
+                                pid,
+                                libc::SYS_bind,
+                                [f.fd as u64, data, len, 0, 0, 0],
+                                (data, bytes),
+                                Expect::Zero,
+                                format!("bind of the socket at fd {}", f.fd),
+                            ));
+                        }
+                        if *listening {
+                            ops.push(call(
+                                pid,
+                                libc::SYS_listen,
+                                [f.fd as u64, LISTEN_BACKLOG, 0, 0, 0, 0],
+                                Expect::Zero,
+                                format!("listen on fd {}", f.fd),
+                            ));
+                        }
+                    }
+                    FdKind::ClosedSocket { flags, .. } => {
+                        // One end of a socket pair whose other end is closed at once.
+                        let sock_flags = *flags as i32 & (libc::O_NONBLOCK | libc::O_CLOEXEC);
+                        let a = low;
+                        self.opened(pid, a);
+                        let b = self.lowest_open_slot(pid);
+                        self.opened(pid, b);
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_socketpair,
+                            [
+                                libc::AF_UNIX as u64,
+                                (libc::SOCK_STREAM | sock_flags) as u64,
+                                0,
+                                data,
+                                0,
+                                0,
+                            ],
+                            (data, vec![0; 8]),
+                            Expect::Zero,
+                            format!("socketpair for the closed connection at fd {}", f.fd),
+                        ));
+                        ops.push(call(
+                            pid,
+                            libc::SYS_close,
+                            [b as u64, 0, 0, 0, 0, 0],
+                            Expect::Zero,
+                            format!("close of the far end for fd {}", f.fd),
+                        ));
+                        self.closed(pid, b);
+                        self.settle(ops, pid, a, f.fd, cloexec_of(*flags));
                     }
                     FdKind::Epoll { flags, .. } => {
                         ops.push(call(

@@ -232,6 +232,37 @@ pub enum FdKind {
         /// Expirations not read yet (given back as an immediate expiry when non-zero).
         ticks: u64,
     },
+    /// An Internet (TCP or UDP, IPv4 or IPv6) socket that is not connected: listening,
+    /// bound or fresh. Made again, bound to the same port; an address that belonged to the
+    /// old network (neither loopback nor unspecified) becomes the unspecified one.
+    InetSocket {
+        /// `AF_INET` or `AF_INET6`.
+        family: i32,
+        /// `SOCK_STREAM` or `SOCK_DGRAM`.
+        sock_type: i32,
+        /// The protocol.
+        protocol: i32,
+        /// `O_NONBLOCK` and `O_CLOEXEC` as open flags.
+        flags: u32,
+        /// The bound address (raw `sockaddr`, hex), if bound.
+        addr: Option<String>,
+        /// Listening (`SO_ACCEPTCONN`).
+        listening: bool,
+        /// `SO_REUSEADDR`.
+        reuse_addr: bool,
+        /// `SO_REUSEPORT`.
+        reuse_port: bool,
+        /// `IPV6_V6ONLY` (IPv6 only).
+        v6only: bool,
+    },
+    /// A connected socket whose peer is not part of the restore (a TCP connection; a Unix
+    /// socket to outside): it comes back closed by its peer — reads see the end, writes fail.
+    ClosedSocket {
+        /// `O_NONBLOCK` and `O_CLOEXEC` as open flags.
+        flags: u32,
+        /// What it was, for information.
+        was: String,
+    },
     /// An epoll instance and its interest list (registered again once every fd exists).
     Epoll {
         /// `EPOLL_CLOEXEC` as open flags.

@@ -49,6 +49,9 @@ pub struct RestoreOptions {
     /// Files for fds 0, 1 and 2 when they were a terminal, socket or a pipe leaving the tree
     /// (default `/dev/null`).
     pub stdio: [Option<PathBuf>; 3],
+    /// Give such fds the seed's own fds 0, 1 and 2 instead (a seed made by a container
+    /// runtime, whose standard output is the container's log).
+    pub inherit_stdio: bool,
 }
 
 /// What a restore did.
@@ -75,6 +78,27 @@ const LOWEST_ADDR: u64 = 1 << 20;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 /// `_LINUX_CAPABILITY_VERSION_3`.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Where a restored process's stdio (fds 0–2 that were a terminal, socket or a pipe leaving
+/// the tree) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stdio {
+    /// Opened on these absolute paths.
+    Paths([String; 3]),
+    /// The seed's own fds 0, 1 and 2, kept.
+    Inherit,
+}
+
+impl Stdio {
+    /// Whether the seed's fd `fd` is kept as fd `fd` of process `img`.
+    pub fn keeps(&self, img: &ProcessImage, fd: i32) -> bool {
+        *self == Stdio::Inherit
+            && img
+                .fds
+                .iter()
+                .any(|f| f.fd == fd && matches!(f.kind, super::model::FdKind::Stdio { .. }))
+    }
+}
 
 /// What the plan needs to know of the root seed and the restorer.
 #[derive(Debug, Clone)]
@@ -241,9 +265,11 @@ pub trait SeedOps {
     fn write_mem(&mut self, tid: i32, addr: u64, data: &[u8]) -> Result<()>;
     /// Injects through the `syscall; int3` at `addr` of `tid` from now on.
     fn set_code(&mut self, tid: i32, addr: u64);
-    /// Takes the task `tid` that an injected `clone3` just created, once it has stopped, and
-    /// injects into it through `code`.
-    fn adopt(&mut self, tid: i32, code: u64) -> Result<()>;
+    /// Takes the task `tid` that an injected `clone3` into `parent` just created, once it has
+    /// stopped, and injects into it through `code`.
+    fn adopt(&mut self, parent: i32, tid: i32, code: u64) -> Result<()>;
+    /// Sends signal `sig` to process `pid`.
+    fn signal(&mut self, pid: i32, sig: i32) -> Result<()>;
     /// Writes bytes into the pipe behind fd `fd` of `pid`.
     fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
     /// Sets a resource limit of `pid`.
@@ -373,7 +399,7 @@ fn clone_op(parent: i32, child: i32, flags: u64, exit_signal: u64, data: u64, co
 pub fn plan_restore(
     images: &[ProcessImage],
     seed: &SeedLayout,
-    stdio: &[String; 3],
+    stdio: &Stdio,
     xstates: &BTreeMap<i32, Vec<u8>>,
 ) -> Result<Vec<Op>> {
     use libc::*;
@@ -428,7 +454,7 @@ pub fn plan_restore(
 
     // Each process's memory and attributes.
     for p in images {
-        plan_process(p, seed, &seed_used, tramp, &mut ops)?;
+        plan_process(p, seed, &seed_used, tramp, stdio, &mut ops)?;
     }
 
     // The fds of every process, then the temporaries gone.
@@ -550,6 +576,7 @@ fn plan_process(
     seed: &SeedLayout,
     seed_used: &[(u64, u64)],
     tramp: u64,
+    stdio: &Stdio,
     ops: &mut Vec<Op>,
 ) -> Result<()> {
     use libc::*;
@@ -558,10 +585,26 @@ fn plan_process(
     let mut used: Vec<(u64, u64)> = img.vmas.iter().map(|v| (v.start, v.end)).collect();
     used.extend_from_slice(seed_used);
     used.push((tramp, tramp + TRAMPOLINE_LEN));
+    // The seed's fds go, but those it passes on as the process's stdio.
+    let mut first = 0;
+    if let Stdio::Inherit = stdio {
+        first = 3;
+        for k in 0..3u64 {
+            if !stdio.keeps(img, k as i32) {
+                ops.push(call(
+                    pid,
+                    SYS_close_range,
+                    [k, k, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("close of the seed's fd {k}"),
+                ));
+            }
+        }
+    }
     ops.push(call(
         pid,
         SYS_close_range,
-        [0, u32::MAX as u64, 0, 0, 0, 0],
+        [first, u32::MAX as u64, 0, 0, 0, 0],
         Expect::Zero,
         "close_range of the seed's fds",
     ));
@@ -1197,7 +1240,7 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 check(*tid, call, r)?;
-                seed.adopt(*child, *code)?;
+                seed.adopt(*tid, *child, *code)?;
             }
             Op::WritePages { pid } => {
                 let Some((runs, source)) = pages.by_pid.get(pid) else {
@@ -1238,7 +1281,7 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
             } => seed.finish_main(*tid, *trampoline, regs, xstate)?,
             Op::Release => seed.release()?,
             Op::SignalAfter { pid, sig } => {
-                if let Err(e) = sys::kill(*pid, *sig) {
+                if let Err(e) = seed.signal(*pid, *sig) {
                     warn!(pid, sig, error = %e, "could not send a deferred signal");
                 }
             }
@@ -1247,7 +1290,8 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
     Ok(n)
 }
 
-/// The real seeds: ptrace-stopped tasks, every one killed unless released.
+/// The real seeds: ptrace-stopped tasks, every one killed unless released. Tasks are named
+/// by their IDs in the image (their own pid namespace); each injector holds the host's.
 struct LiveSeeds {
     tasks: BTreeMap<i32, Injector>,
     released: bool,
@@ -1260,6 +1304,10 @@ impl LiveSeeds {
             what: "the plan names a task that was not created".into(),
         })
     }
+
+    fn host(&mut self, tid: i32) -> Result<i32> {
+        Ok(self.task(tid)?.pid)
+    }
 }
 
 impl Drop for LiveSeeds {
@@ -1267,12 +1315,12 @@ impl Drop for LiveSeeds {
         if self.released {
             return;
         }
-        for &tid in self.tasks.keys() {
-            let _ = sys::kill(tid, libc::SIGKILL);
+        for t in self.tasks.values() {
+            let _ = sys::kill(t.pid, libc::SIGKILL);
         }
-        for &tid in self.tasks.keys() {
-            while let Ok(Wait::Stopped(..)) = sys::wait(tid) {
-                let _ = sys::cont(tid, 0);
+        for t in self.tasks.values() {
+            while let Ok(Wait::Stopped(..)) = sys::wait(t.pid) {
+                let _ = sys::cont(t.pid, 0);
             }
         }
     }
@@ -1293,28 +1341,45 @@ impl SeedOps for LiveSeeds {
         }
     }
 
-    fn adopt(&mut self, tid: i32, code: u64) -> Result<()> {
+    fn adopt(&mut self, parent: i32, tid: i32, code: u64) -> Result<()> {
+        let host = self
+            .task(parent)?
+            .new_task
+            .take()
+            .ok_or_else(|| CrError::Unexpected {
+                pid: tid,
+                what: "the clone3 that made it reported no new task".into(),
+            })?;
         // Auto-attached (PTRACE_O_TRACEFORK/CLONE): it starts with a SIGSTOP.
-        match sys::wait(tid)? {
+        match sys::wait(host)? {
             Wait::Stopped(libc::SIGSTOP, 0) => {}
             other => {
-                let _ = sys::kill(tid, libc::SIGKILL);
+                let _ = sys::kill(host, libc::SIGKILL);
                 return Err(CrError::Unexpected {
                     pid: tid,
                     what: format!("the new task did not stop as expected: {other:?}"),
                 });
             }
         }
-        let mut inj = Injector::new(tid)?;
+        let mut inj = Injector::new(host)?;
         inj.code = code;
         self.tasks.insert(tid, inj);
         Ok(())
     }
 
+    fn signal(&mut self, pid: i32, sig: i32) -> Result<()> {
+        let host = self.host(pid)?;
+        sys::kill(host, sig).map_err(|source| CrError::Proc {
+            pid,
+            what: format!("sending signal {sig}"),
+            source,
+        })
+    }
+
     fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = format!("/proc/{pid}/fd/{fd}");
+        let path = format!("/proc/{}/fd/{fd}", self.host(pid)?);
         std::fs::File::options()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -1331,7 +1396,8 @@ impl SeedOps for LiveSeeds {
     }
 
     fn set_rlimit(&mut self, pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()> {
-        sys::set_rlimit(pid, resource, soft, hard).map_err(|e| {
+        let host = self.host(pid)?;
+        sys::set_rlimit(host, resource, soft, hard).map_err(|e| {
             CrError::Incompatible(format!(
                 "resource limit {resource} of process {pid} cannot be set to {soft}/{hard} \
                  here ({e}); the restorer's own hard limit is lower — raise it (ulimit -H) \
@@ -1341,17 +1407,21 @@ impl SeedOps for LiveSeeds {
     }
 
     fn set_sigmask(&mut self, tid: i32, mask: u64) -> Result<()> {
-        sys::set_sigmask(tid, mask)
+        sys::set_sigmask(self.host(tid)?, mask)
     }
 
     fn finish_thread(&mut self, tid: i32, regs: &Regs, xstate: &[u8]) -> Result<()> {
-        sys::set_xstate(tid, xstate)?;
-        sys::set_regs(tid, &regs.to_user_regs())
+        let host = self.host(tid)?;
+        sys::set_xstate(host, xstate)?;
+        sys::set_regs(host, &regs.to_user_regs())
     }
 
     fn finish_main(&mut self, tid: i32, trampoline: u64, regs: &Regs, xstate: &[u8]) -> Result<()> {
-        let base = self.task(tid)?.base;
-        sys::set_xstate(tid, xstate)?;
+        let (host, base) = {
+            let t = self.task(tid)?;
+            (t.pid, t.base)
+        };
+        sys::set_xstate(host, xstate)?;
         // munmap the trampoline from the trampoline, stopping at the syscall's exit.
         let mut r = base;
         r.rip = trampoline;
@@ -1359,10 +1429,10 @@ impl SeedOps for LiveSeeds {
         r.orig_rax = u64::MAX;
         r.rdi = trampoline;
         r.rsi = TRAMPOLINE_LEN;
-        sys::set_regs(tid, &r)?;
+        sys::set_regs(host, &r)?;
         for stop in ["entry", "exit"] {
-            sys::cont_syscall(tid)?;
-            match sys::wait(tid)? {
+            sys::cont_syscall(host)?;
+            match sys::wait(host)? {
                 Wait::Stopped(libc::SIGTRAP, 0) => {}
                 other => {
                     return Err(CrError::Unexpected {
@@ -1372,7 +1442,7 @@ impl SeedOps for LiveSeeds {
                 }
             }
         }
-        let after = sys::get_regs(tid)?;
+        let after = sys::get_regs(host)?;
         if after.rax != 0 || after.orig_rax != libc::SYS_munmap as u64 {
             return Err(CrError::Unexpected {
                 pid: tid,
@@ -1382,13 +1452,13 @@ impl SeedOps for LiveSeeds {
                 ),
             });
         }
-        sys::set_regs(tid, &regs.to_user_regs())
+        sys::set_regs(host, &regs.to_user_regs())
     }
 
     fn release(&mut self) -> Result<()> {
         let mut first = None;
-        for &tid in self.tasks.keys() {
-            if let Err(e) = sys::detach(tid, 0) {
+        for t in self.tasks.values() {
+            if let Err(e) = sys::detach(t.pid, 0) {
                 first.get_or_insert(e);
             }
         }
@@ -1523,10 +1593,9 @@ fn check_runs(dir: &Path, p: &ProcessImage) -> Result<()> {
     Ok(())
 }
 
-/// The restorer's credentials.
-fn own_creds() -> Result<Creds> {
-    let me = std::process::id() as i32;
-    let status = procfs::read_text(me, "status")?;
+/// The credentials of process `pid`.
+fn creds_of(pid: i32) -> Result<Creds> {
+    let status = procfs::read_text(pid, "status")?;
     let hex = |k: &str| {
         procfs::status_field(&status, k)
             .and_then(|v| u64::from_str_radix(v, 16).ok())
@@ -1550,8 +1619,41 @@ fn own_creds() -> Result<Creds> {
     })
 }
 
-/// Restores the process tree in `dir`, with its PIDs and TIDs; returns once it runs.
+/// Restores the process tree in `dir`, with its PIDs and TIDs, as children of this process;
+/// returns once it runs.
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
+    restore_tree(dir, opts, None)
+}
+
+/// Restores the process tree in `dir` into an existing seed: process `seed` (a PID of this
+/// process's view), which must have the root's PID in its own pid namespace, run no code of
+/// its own that matters (e.g. `pause` in a loop) and be nobody's tracee. The seed's pid,
+/// mount, network and other namespaces, root and cgroup become the tree's: this is how a
+/// container runtime restores a container.
+pub fn restore_into(dir: &Path, seed: i32, opts: &RestoreOptions) -> Result<RestoreStats> {
+    restore_tree(dir, opts, Some(seed))
+}
+
+/// Seizes the existing seed `pid` (tracing its forks and clones) and stops it.
+fn seize_seed(pid: i32) -> Result<i32> {
+    let opts = libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL;
+    sys::seize_with(pid, opts)?;
+    sys::interrupt(pid)?;
+    loop {
+        match sys::wait(pid)? {
+            Wait::Stopped(_, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(pid),
+            Wait::Stopped(_, _) => sys::cont(pid, 0)?,
+            other => {
+                return Err(CrError::Unexpected {
+                    pid,
+                    what: format!("the seed ended before the restore: {other:?}"),
+                });
+            }
+        }
+    }
+}
+
+fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<RestoreStats> {
     let t0 = Instant::now();
     let (manifest, pages) = image::read_image(dir)?;
     check_compatible(dir, &manifest)?;
@@ -1565,6 +1667,78 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
             xstates.insert(t.tid, x);
         }
     }
+    let stdio = if opts.inherit_stdio {
+        Stdio::Inherit
+    } else {
+        Stdio::Paths(stdio_paths(opts)?)
+    };
+    debug!(secs = t0.elapsed().as_secs_f64(), "image validated");
+
+    let root = &manifest.processes[0];
+    let host = match seed {
+        None => spawn_seed(root.pid)?,
+        Some(s) => {
+            let ns = sys::ns_pid(s)?;
+            if ns != root.pid {
+                return Err(CrError::Incompatible(format!(
+                    "the seed is PID {ns} in its namespace, the image's root is {}",
+                    root.pid
+                )));
+            }
+            seize_seed(s)?
+        }
+    };
+    let mut seeds = LiveSeeds {
+        tasks: BTreeMap::new(),
+        released: false,
+    };
+    let inj = Injector::new(host)?;
+    inj.write(inj.code, &TRAMPOLINE_CODE)?;
+    seeds.tasks.insert(root.pid, inj);
+    let maps = procfs::parse_maps(&procfs::read_text(host, "maps")?).ok_or_else(|| {
+        CrError::Unexpected {
+            pid: host,
+            what: "unreadable maps of the seed".into(),
+        }
+    })?;
+    let layout = SeedLayout {
+        maps,
+        rseq: sys::get_rseq(host)?,
+        creds: creds_of(host)?,
+    };
+    let plan = plan_restore(&manifest.processes, &layout, &stdio, &xstates)?;
+    let tree_pages = TreePages {
+        by_pid: manifest
+            .processes
+            .iter()
+            .zip(&pages)
+            .map(|(p, f)| (p.pid, (&p.pages.runs[..], f as &dyn PageSource)))
+            .collect(),
+    };
+    let syscalls = execute(&plan, &tree_pages, &mut seeds)?;
+    let elapsed = t0.elapsed();
+    let threads = manifest.processes.iter().map(|p| p.threads.len()).sum();
+    let page_bytes = manifest.processes.iter().map(|p| p.pages.data_len).sum();
+    info!(
+        pid = host,
+        processes = manifest.processes.len(),
+        threads,
+        syscalls,
+        ?elapsed,
+        "restored"
+    );
+    Ok(RestoreStats {
+        pid: host,
+        processes: manifest.processes.len(),
+        threads,
+        page_bytes,
+        syscalls,
+        elapsed,
+    })
+}
+
+/// The absolute stdio paths of the options (output files created).
+fn stdio_paths(opts: &RestoreOptions) -> Result<[String; 3]> {
     let mut stdio: [String; 3] = Default::default();
     for (i, s) in stdio.iter_mut().enumerate() {
         let p = opts.stdio[i]
@@ -1588,58 +1762,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
         })?;
         *s = abs.to_string_lossy().into_owned();
     }
-    debug!(secs = t0.elapsed().as_secs_f64(), "image validated");
-
-    let root = &manifest.processes[0];
-    let creds = own_creds()?;
-    let pid = spawn_seed(root.pid)?;
-    let mut seeds = LiveSeeds {
-        tasks: BTreeMap::new(),
-        released: false,
-    };
-    let inj = Injector::new(pid)?;
-    inj.write(inj.code, &TRAMPOLINE_CODE)?;
-    seeds.tasks.insert(pid, inj);
-    let maps = procfs::parse_maps(&procfs::read_text(pid, "maps")?).ok_or_else(|| {
-        CrError::Unexpected {
-            pid,
-            what: "unreadable maps of the seed".into(),
-        }
-    })?;
-    let layout = SeedLayout {
-        maps,
-        rseq: sys::get_rseq(pid)?,
-        creds,
-    };
-    let plan = plan_restore(&manifest.processes, &layout, &stdio, &xstates)?;
-    let tree_pages = TreePages {
-        by_pid: manifest
-            .processes
-            .iter()
-            .zip(&pages)
-            .map(|(p, f)| (p.pid, (&p.pages.runs[..], f as &dyn PageSource)))
-            .collect(),
-    };
-    let syscalls = execute(&plan, &tree_pages, &mut seeds)?;
-    let elapsed = t0.elapsed();
-    let threads = manifest.processes.iter().map(|p| p.threads.len()).sum();
-    let page_bytes = manifest.processes.iter().map(|p| p.pages.data_len).sum();
-    info!(
-        pid,
-        processes = manifest.processes.len(),
-        threads,
-        syscalls,
-        ?elapsed,
-        "restored"
-    );
-    Ok(RestoreStats {
-        pid,
-        processes: manifest.processes.len(),
-        threads,
-        page_bytes,
-        syscalls,
-        elapsed,
-    })
+    Ok(stdio)
 }
 
 #[cfg(test)]
@@ -1742,7 +1865,7 @@ mod tests {
                     None => ebadf,
                 },
                 libc::SYS_close_range => {
-                    self.table(tid).clear();
+                    self.table(tid).retain(|fd, _| *fd < a[0] || *fd > a[1]);
                     0
                 }
                 libc::SYS_fcntl | libc::SYS_epoll_ctl | libc::SYS_lseek => {
@@ -1769,9 +1892,9 @@ mod tests {
             Ok(())
         }
         fn set_code(&mut self, _: i32, _: u64) {}
-        fn adopt(&mut self, tid: i32, _: u64) -> Result<()> {
-            let (parent, nr, _) = *self.calls.last().unwrap();
-            assert_eq!(nr, libc::SYS_clone3);
+        fn adopt(&mut self, parent: i32, tid: i32, _: u64) -> Result<()> {
+            let (called, nr, _) = *self.calls.last().unwrap();
+            assert_eq!((called, nr), (parent, libc::SYS_clone3));
             self.events.push(format!("adopt {tid}"));
             let parent_pid = self.tasks[&parent];
             // The clone_args were written just before: their flags tell a thread.
@@ -1784,6 +1907,11 @@ mod tests {
                 let copy = self.fds[&parent_pid].clone();
                 self.fds.insert(tid, copy);
             }
+            Ok(())
+        }
+        fn signal(&mut self, pid: i32, sig: i32) -> Result<()> {
+            assert!(self.released);
+            self.events.push(format!("signal {pid} {sig}"));
             Ok(())
         }
         fn fill_pipe(&mut self, pid: i32, fd: i32, _: &[u8]) -> Result<()> {
@@ -1960,7 +2088,11 @@ mod tests {
             .collect()
     }
 
-    fn run(images: &[ProcessImage], stdio: &[String; 3]) -> Recorder {
+    fn paths(p: [&str; 3]) -> Stdio {
+        Stdio::Paths(p.map(String::from))
+    }
+
+    fn run(images: &[ProcessImage], stdio: &Stdio) -> Recorder {
         let plan = plan_restore(images, &seed(), stdio, &xstates(images)).unwrap();
         let mut rec = Recorder::with_root(images[0].pid);
         let runs = [PageRun {
@@ -1982,8 +2114,7 @@ mod tests {
 
     #[test]
     fn one_process_is_restored_in_a_safe_order_with_consistent_results() {
-        let stdio = ["/dev/null".to_string(), "/out".into(), "/dev/null".into()];
-        let rec = run(&[image(100, 0)], &stdio);
+        let rec = run(&[image(100, 0)], &paths(["/dev/null", "/out", "/dev/null"]));
         let pos = |nr: i64, f: &dyn Fn(&[u64; 6]) -> bool| {
             rec.calls
                 .iter()
@@ -2108,7 +2239,7 @@ mod tests {
 
     #[test]
     fn a_tree_gets_its_processes_threads_and_shared_files_back() {
-        let rec = run(&tree(), &Default::default());
+        let rec = run(&tree(), &paths(["/dev/null"; 3]));
         let idx = |e: &str| {
             rec.events
                 .iter()
@@ -2166,7 +2297,13 @@ mod tests {
 
     #[test]
     fn the_plan_ends_with_deferred_signals_after_the_release() {
-        let ops = plan_restore(&tree(), &seed(), &Default::default(), &xstates(&tree())).unwrap();
+        let ops = plan_restore(
+            &tree(),
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&tree()),
+        )
+        .unwrap();
         let release = ops.iter().position(|o| *o == Op::Release).unwrap();
         assert_eq!(
             ops[release + 1..],
@@ -2183,7 +2320,7 @@ mod tests {
         imgs[0].uids = [1000; 4];
         imgs[0].gids = [1000; 4];
         imgs[0].caps.bounding = 0xff;
-        let ops = plan_restore(&imgs, &seed(), &Default::default(), &xstates(&imgs)).unwrap();
+        let ops = plan_restore(&imgs, &seed(), &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap();
         let of = |tid: i32, nr: i64| {
             ops.iter().position(
                 |o| matches!(o, Op::Syscall { tid: t, call } if *t == tid && call.nr == nr),
@@ -2212,12 +2349,51 @@ mod tests {
     }
 
     #[test]
+    fn inherited_stdio_keeps_the_seeds_fds_and_closes_the_rest() {
+        let mut img = image(100, 0);
+        // fd 1 was the container's log; fd 0 is a file; fd 2 was not open.
+        img.fds.insert(
+            0,
+            Fd {
+                fd: 0,
+                kind: FdKind::Path {
+                    path: "/in".into(),
+                    flags: 0,
+                    pos: 0,
+                    seekable: true,
+                },
+            },
+        );
+        let mut rec = Recorder::with_root(100);
+        for fd in 0..3 {
+            rec.fds
+                .get_mut(&100)
+                .unwrap()
+                .insert(fd, Obj(format!("seed's {fd}"), 0));
+        }
+        let imgs = [img];
+        let plan = plan_restore(&imgs, &seed(), &Stdio::Inherit, &xstates(&imgs)).unwrap();
+        let runs: [PageRun; 0] = [];
+        let pages = TreePages {
+            by_pid: [(100, (&runs[..], &NoPages as &dyn PageSource))].into(),
+        };
+        execute(&plan, &pages, &mut rec).unwrap();
+        let fds = &rec.fds[&100];
+        assert_eq!(fds.keys().copied().collect::<Vec<_>>(), [0, 1, 5]);
+        assert_eq!(
+            fds[&1].0, "seed's 1",
+            "the seed's fd 1 is the process's stdout"
+        );
+        assert_eq!(fds[&0].0, "file");
+    }
+
+    #[test]
     fn a_different_vdso_is_refused() {
         let mut s = seed();
         s.maps = vec![map(0x7f00_0010_0000, 0x7f00_0010_2000, "[vdso]")];
         s.rseq = None;
         let imgs = [image(100, 0)];
-        let err = plan_restore(&imgs, &s, &Default::default(), &xstates(&imgs)).unwrap_err();
+        let err = plan_restore(&imgs, &s, &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap_err();
         assert!(err.to_string().contains("vDSO"), "{err}");
     }
 

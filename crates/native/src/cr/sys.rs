@@ -34,6 +34,11 @@ pub fn seize(pid: i32) -> Result<()> {
     ptrace(pid, libc::PTRACE_SEIZE, 0, 0, "SEIZE").map(drop)
 }
 
+/// `PTRACE_SEIZE` with options.
+pub fn seize_with(pid: i32, options: i32) -> Result<()> {
+    ptrace(pid, libc::PTRACE_SEIZE, 0, options as usize, "SEIZE").map(drop)
+}
+
 /// `PTRACE_INTERRUPT`.
 pub fn interrupt(pid: i32) -> Result<()> {
     ptrace(pid, libc::PTRACE_INTERRUPT, 0, 0, "INTERRUPT").map(drop)
@@ -344,6 +349,8 @@ pub struct Injector {
     pub base: libc::user_regs_struct,
     /// Signals that arrived while injecting (not delivered; to be sent again).
     pub deferred: Vec<i32>,
+    /// The task an injected fork or clone made last, by its PID in this process's view.
+    pub new_task: Option<i32>,
 }
 
 impl Injector {
@@ -365,6 +372,7 @@ impl Injector {
             code: base.rip,
             base,
             deferred: Vec::new(),
+            new_task: None,
         })
     }
 
@@ -412,7 +420,18 @@ impl Injector {
                     self.deferred.push(sig);
                     cont(self.pid, 0)?;
                 }
-                Wait::Stopped(_, _) => cont(self.pid, 0)?,
+                Wait::Stopped(_, ev) => {
+                    if [
+                        libc::PTRACE_EVENT_FORK,
+                        libc::PTRACE_EVENT_VFORK,
+                        libc::PTRACE_EVENT_CLONE,
+                    ]
+                    .contains(&ev)
+                    {
+                        self.new_task = Some(event_msg(self.pid)? as i32);
+                    }
+                    cont(self.pid, 0)?
+                }
                 other => {
                     return Err(CrError::Unexpected {
                         pid: self.pid,
@@ -450,6 +469,31 @@ impl Injector {
 
 /// The bytes of `syscall; int3`.
 pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+
+/// `PTRACE_GETEVENTMSG`: after a fork or clone event stop, the new task's PID.
+pub fn event_msg(pid: i32) -> Result<u64> {
+    let mut msg = 0u64;
+    ptrace(
+        pid,
+        libc::PTRACE_GETEVENTMSG,
+        0,
+        (&raw mut msg) as usize,
+        "GETEVENTMSG",
+    )?;
+    Ok(msg)
+}
+
+/// The innermost PID of task `tid` (the last `NSpid` of its status): its PID in its own pid
+/// namespace.
+pub fn ns_pid(tid: i32) -> Result<i32> {
+    let status = super::procfs::read_text(tid, "status")?;
+    super::procfs::status_field(&status, "NSpid")
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        .ok_or_else(|| CrError::Unexpected {
+            pid: tid,
+            what: "no NSpid in its status".into(),
+        })
+}
 
 /// `PTRACE_SETOPTIONS`.
 pub fn set_options(pid: i32, options: i32) -> Result<()> {
@@ -618,4 +662,64 @@ pub fn peek_pipe(pid: i32, fd: i32) -> Result<(Vec<u8>, u32)> {
             source,
         })?;
     Ok((data, size as u32))
+}
+
+/// A copy of fd `fd` of process `pid` in this process (`pidfd_open` + `pidfd_getfd`): the
+/// same open file.
+pub fn steal_fd(pid: i32, fd: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let err = |what: &str| CrError::Proc {
+        pid,
+        what: format!("{what} of fd {fd}"),
+        source: io::Error::last_os_error(),
+    };
+    // SAFETY: pidfd_open takes integers only.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(err("pidfd_open for a copy"));
+    }
+    // SAFETY: pidfd_open just returned this fd, owned by nobody else.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes integers only.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(err("pidfd_getfd"));
+    }
+    // SAFETY: pidfd_getfd just returned this fd, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(got as i32) })
+}
+
+/// An integer socket option of `fd`.
+pub fn sockopt_int(fd: &std::os::fd::OwnedFd, level: i32, name: i32) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live and of the sizes getsockopt writes for an int option.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// The local (or, with `peer`, the remote) address of a socket, as raw `sockaddr` bytes.
+pub fn sock_addr(fd: &std::os::fd::OwnedFd, peer: bool) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let f = if peer {
+        libc::getpeername
+    } else {
+        libc::getsockname
+    };
+    // SAFETY: `ss` is a live sockaddr_storage of `len` bytes the kernel writes into.
+    let r = unsafe { f(fd.as_raw_fd(), (&raw mut ss).cast(), &mut len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote `len` (at most sizeof(ss)) bytes into `ss`.
+    let bytes = unsafe { std::slice::from_raw_parts((&raw const ss).cast::<u8>(), len as usize) };
+    Ok(bytes.to_vec())
 }

@@ -1,4 +1,4 @@
-/* Holds a socket at fd 7: a checkpoint must be refused, naming it, and leave the process
+/* Holds a Unix socket at fd 7: a checkpoint must be refused, naming it, and leave the process
  * running. argv: RESULT. */
 #include "common.h"
 #include <sys/socket.h>
