@@ -19,10 +19,12 @@
 pub mod checkpoint;
 pub mod files;
 pub mod image;
+pub mod lazy;
 pub mod model;
 pub mod procfs;
 pub mod restore;
 mod sys;
+pub mod uffd;
 
 pub use checkpoint::{CheckpointOptions, CheckpointStats, checkpoint};
 pub use restore::{RestoreOptions, RestoreStats, restore};
