@@ -25,10 +25,10 @@
 //! with `UFFDIO_ZEROPAGE`. A reader thread reads the rest of the image ahead, in big blocks
 //! ([`LazyOptions::fill_block`], 2 MiB): first the blocks around
 //! [`LazyOptions::prefetch`] (a working set recorded by an earlier restore), then everything
-//! in address order; the server copies one such block at a time and reads the userfaultfd in
-//! between, so a fault waits for at most one block. Pages already there (`EEXIST`) count as
-//! filled; when the address space is changing (`EAGAIN`) the pending events are read and
-//! applied first: `madvise` (REMOVE) and `munmap` (UNMAP) ranges are never filled afterwards
+//! in address order; the server copies them in slices ([`LazyOptions::fill_slice`],
+//! 256 KiB) and reads the userfaultfd between two, so a fault waits for at most one slice.
+//! Pages already there (`EEXIST`) count as filled; when the address space is changing
+//! (`EAGAIN`) the pending events are read and applied first: `madvise` (REMOVE) and `munmap` (UNMAP) ranges are never filled afterwards
 //! (a later fault there gets a zero page, as the kernel would give), `mremap` (REMAP) moves
 //! the pages still to fill with the mapping, and a `fork` (FORK) hands over the child's own
 //! userfaultfd, which is then served like the parent's (the child's missing pages are the
@@ -200,9 +200,11 @@ pub struct LazyOptions {
     /// Bytes filled around a demand fault: the aligned block that holds it (a power of two,
     /// at least a page; 64 KiB). A fault round trip costs ~13 µs here, so more than a page.
     pub fault_block: u64,
-    /// Bytes per background copy (a multiple of the page; 2 MiB). A fault waits for at most
-    /// one such copy.
+    /// Bytes per background read from the page source (a multiple of the page; 2 MiB).
     pub fill_block: u64,
+    /// Bytes per background `UFFDIO_COPY` (a multiple of the page; 256 KiB): between two,
+    /// pending faults are served, so a fault waits for at most one such copy.
+    pub fill_slice: u64,
     /// Addresses (as in the image) whose fault blocks are read first, in this order: the
     /// [`LazyStats::working_set`] of an earlier restore. Addresses outside the image are
     /// ignored.
@@ -226,6 +228,7 @@ impl Default for LazyOptions {
         LazyOptions {
             fault_block: 64 << 10,
             fill_block: 2 << 20,
+            fill_slice: 256 << 10,
             prefetch: Vec::new(),
             read_timeout: Duration::from_secs(10),
             read_retries: 2,
@@ -1015,6 +1018,7 @@ struct Server {
     faults: VecDeque<(u64, u64, Instant)>,
     fault_block: u64,
     fill_pages: u64,
+    slice_pages: u64,
     retries: u32,
     record: usize,
     start: Instant,
@@ -1062,11 +1066,13 @@ impl LazyServer {
                 "fault block {fb} is not a power of two >= a page"
             )));
         }
-        if opts.fill_block < PAGE || !opts.fill_block.is_multiple_of(PAGE) {
-            return Err(invalid(format!(
-                "fill block {} is not whole pages",
-                opts.fill_block
-            )));
+        for (what, n) in [
+            ("fill block", opts.fill_block),
+            ("fill slice", opts.fill_slice),
+        ] {
+            if n < PAGE || !n.is_multiple_of(PAGE) {
+                return Err(invalid(format!("{what} {n} is not whole pages")));
+            }
         }
         let img = match Image::new(runs) {
             Ok(i) => Arc::new(i),
@@ -1116,6 +1122,7 @@ impl LazyServer {
             faults: VecDeque::new(),
             fault_block: fb,
             fill_pages,
+            slice_pages: (opts.fill_slice / PAGE).max(1),
             retries: opts.read_retries,
             record: opts.record_faults,
             start: opts.start,
@@ -1248,13 +1255,7 @@ impl Server {
             if self.shared.stopping() {
                 return Err(stopped(self.shared.pid));
             }
-            self.drain()?;
-            while let Some(f) = self.faults.pop_front() {
-                self.serve_fault(f)?;
-                if self.faults.is_empty() {
-                    self.drain()?;
-                }
-            }
+            self.serve_pending()?;
             self.retire();
             if self.spaces.is_empty() {
                 return Ok(());
@@ -1275,6 +1276,21 @@ impl Server {
                 });
             }
         }
+    }
+
+    /// Reads the pending messages and serves the faults among them (and those that come
+    /// meanwhile); whether there were any.
+    fn serve_pending(&mut self) -> std::result::Result<bool, LazyError> {
+        self.drain()?;
+        let mut any = false;
+        while let Some(f) = self.faults.pop_front() {
+            any = true;
+            self.serve_fault(f)?;
+            if self.faults.is_empty() {
+                self.drain()?;
+            }
+        }
+        Ok(any)
     }
 
     /// Waits for a message, a block from the reader, or 100 ms.
@@ -1683,7 +1699,9 @@ impl Server {
                         i += 1;
                         continue;
                     }
-                    let end = (idx + pages).min(seg.idx + seg.pages);
+                    let end = (idx + pages)
+                        .min(seg.idx + seg.pages)
+                        .min(i + self.slice_pages);
                     let mut j = i + 1;
                     while j < end && map.state[j as usize] == MISSING {
                         j += 1;
@@ -1692,7 +1710,14 @@ impl Server {
                     let from = ((i - idx) * PAGE) as usize;
                     let to = ((j - idx) * PAGE) as usize;
                     match self.copy_pages(si, addr, i, j - i, &data[from..to], Kind::Background)? {
-                        Step::Ok => i = j,
+                        Step::Ok => {
+                            // Faults that came meanwhile go first; then this block goes on
+                            // from its start (what they filled is skipped).
+                            if self.serve_pending()? {
+                                continue 'again;
+                            }
+                            i = j;
+                        }
                         Step::Again => {
                             self.again(&mut busy)?;
                             continue 'again;

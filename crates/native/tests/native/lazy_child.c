@@ -209,12 +209,20 @@ int main(int argc, char **argv) {
         }
         (void)sink;
         qsort(lat, n, sizeof *lat, cmp64);
+        /* The touches that waited (over 2 us: a fault, not a page already there). */
+        uint64_t k = 0;
+        while (k < n && lat[k] <= 2000) k++;
+        uint64_t *f = lat + k, nf = n - k;
         uint64_t t0 = now_ns();
         verify_all(NULL);
-        printf("ok touches=%llu p50_ns=%llu p90_ns=%llu p99_ns=%llu max_ns=%llu verify_ms=%llu\n",
+        printf("ok touches=%llu p50_ns=%llu p99_ns=%llu; faulted=%llu p50_ns=%llu p90_ns=%llu "
+               "p99_ns=%llu max_ns=%llu; verify_ms=%llu\n",
                (unsigned long long)n, (unsigned long long)lat[n / 2],
-               (unsigned long long)lat[n * 90 / 100], (unsigned long long)lat[n * 99 / 100],
-               (unsigned long long)lat[n - 1],
+               (unsigned long long)lat[n * 99 / 100], (unsigned long long)nf,
+               (unsigned long long)(nf ? f[nf / 2] : 0),
+               (unsigned long long)(nf ? f[nf * 90 / 100] : 0),
+               (unsigned long long)(nf ? f[nf * 99 / 100] : 0),
+               (unsigned long long)(nf ? f[nf - 1] : 0),
                (unsigned long long)((now_ns() - t0) / 1000000));
     } else {
         return 2;
