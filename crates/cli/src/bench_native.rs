@@ -194,8 +194,27 @@ pub async fn run(sizes: &[usize], work_dir: Option<PathBuf>) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let (runsc_version, rows) = result?;
-    print_table(sizes, &rows, &runsc_version);
+    print_table(sizes, &rows, &runsc_version, &dir);
     Ok(())
+}
+
+/// The file system type holding `path` (from /proc/self/mountinfo), e.g. `ext4` or `tmpfs`.
+fn fs_type(path: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mount = Path::new(fields.get(4)?);
+            let fs = fields
+                .iter()
+                .position(|f| *f == "-")
+                .and_then(|i| fields.get(i + 1))?;
+            path.starts_with(mount)
+                .then(|| (mount.as_os_str().len(), fs.to_string()))
+        })
+        .max()
+        .map(|(_, fs)| fs)
+        .unwrap_or_else(|| "unknown".into())
 }
 
 type Rows = Vec<(Native, Result<Runsc, String>)>;
@@ -512,10 +531,11 @@ fn secs(time: Duration) -> String {
     format!("{:.2} s", time.as_secs_f64())
 }
 
-fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str) {
+fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
     println!(
         "podsnap bench native: a C program with N MiB of touched memory (mixed pattern), native \
-         engine vs the snapshot repository vs runsc{}; {} CPUs; GB/s = 10^9 bytes of page data \
+         engine vs the snapshot repository vs runsc{}; {} CPUs; images, staging and a local \
+         repository in {} ({}; checkpoints are synced to it); GB/s = 10^9 bytes of page data \
          per second",
         if runsc_version.is_empty() {
             String::new()
@@ -524,7 +544,9 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str) {
         },
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        dir.display(),
+        fs_type(dir)
     );
     let mut table: Vec<(&str, Vec<String>)> = Vec::new();
     let mut row = |label: &'static str,
@@ -557,7 +579,7 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str) {
         )
     });
     row("restore / repository read", &|n, _| {
-        format!("{:.0}%", restore_share(n))
+        format!("{:.1}%", restore_share(n))
     });
     row("checkpoint through the repository", &|n, _| {
         format!(
@@ -668,7 +690,7 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str) {
         .map(|(size, (n, _))| {
             let share = restore_share(n);
             format!(
-                "{size} MiB {share:.0}% {}",
+                "{size} MiB {share:.1}% {}",
                 met(share >= RESTORE_GOAL_PERCENT)
             )
         })

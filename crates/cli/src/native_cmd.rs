@@ -12,6 +12,15 @@ use podsnap_native::cr::{self, CheckpointOptions, RestoreOptions};
 use crate::native_repo::{self, TempDir, mib, mib_per_s};
 use crate::progress::TerminalProgress;
 
+/// Prints a line to standard output, ignoring a closed one: a checkpoint must go on to store
+/// its image (the process may be gone already) whoever reads the messages.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A snapshot repository holding native images.
 #[derive(Args, Debug, Clone)]
 pub struct NativeRepoArgs {
@@ -161,7 +170,7 @@ fn checkpoint(pid: i32, dir: &Path, leave_running: bool) -> Result<cr::Checkpoin
     let s = cr::checkpoint(pid, dir, &options)
         .with_context(|| format!("checkpoint of process {pid}"))?;
     let elapsed = t0.elapsed();
-    println!(
+    say!(
         "checkpointed process {pid} into {}: {} mappings, {:.1} MiB of pages in {:.3} s \
          ({:.0} MiB/s; stopped {:.3} s){}",
         dir.display(),
@@ -182,7 +191,7 @@ fn checkpoint(pid: i32, dir: &Path, leave_running: bool) -> Result<cr::Checkpoin
 /// Restores from `dir` (described as `from`) and says so.
 fn restore(dir: &Path, from: &str, options: &RestoreOptions) -> Result<cr::RestoreStats> {
     let s = cr::restore(dir, options).with_context(|| format!("restore from {from}"))?;
-    println!(
+    say!(
         "restored process {} from {from}: {:.1} MiB of pages, {} injected syscalls, {:.3} s \
          ({:.0} MiB/s)",
         s.pid,
@@ -232,7 +241,7 @@ fn checkpoint_to_repo(
             )));
         }
     };
-    println!(
+    say!(
         "stored snapshot {name} in {}: {} files, {:.1} MiB in {} chunks in {:.3} s ({:.0} MiB/s); \
          uploaded {:.1} MiB ({} bytes) in {} new chunks, {} chunks already stored, {} zero",
         repo.url(),
@@ -247,7 +256,7 @@ fn checkpoint_to_repo(
         report.reused_chunks,
         report.zero_chunks
     );
-    println!(
+    say!(
         "total {:.3} s (checkpoint {:.3} s + store {:.3} s)",
         (checkpointed + report.elapsed).as_secs_f64(),
         checkpointed.as_secs_f64(),
@@ -278,7 +287,7 @@ fn restore_from_repo(
             repo.url()
         )
     })?;
-    println!(
+    say!(
         "fetched snapshot {name} from {}: {} files, {:.1} MiB ({} chunks verified, {} zero) in \
          {:.3} s ({:.0} MiB/s)",
         repo.url(),
@@ -293,7 +302,7 @@ fn restore_from_repo(
     restore(temp.path(), &format!("snapshot {name}"), options)?;
     let restored = t0.elapsed();
     drop(temp);
-    println!(
+    say!(
         "total {:.3} s (fetch {:.3} s + restore {:.3} s)",
         (report.elapsed + restored).as_secs_f64(),
         report.elapsed.as_secs_f64(),
