@@ -6,7 +6,8 @@
 //! and checks the region its own way and prints "ok" or "bad: …".
 //!
 //! `bench_1gib_region_prints_figures` prints fault latency and fill throughput for a 1 GiB
-//! region (figures only, no timed assertions).
+//! region (figures only, no timed assertions); for meaningful figures run it optimized and
+//! alone: `cargo test -p podsnap-native --release --test lazy bench -- --nocapture`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -577,14 +578,26 @@ fn bench_1gib_region_prints_figures() {
 
     // The background fill alone, the program waiting: twice (the first run meets cold
     // memory).
-    for round in ["first", "second"] {
+    // An unoptimized build runs one case of each kind (for coverage; its figures mean
+    // little): `cargo test --release --test lazy bench -- --nocapture` for all of them.
+    let all = !cfg!(debug_assertions);
+    let alone = [
+        ("first run, 64 KiB slices", 64u64 << 10),
+        ("64 KiB slices", 64 << 10),
+        ("256 KiB slices", 256 << 10),
+        ("2 MiB slices", 2 << 20),
+    ];
+    for (round, slice) in alone.into_iter().take(if all { 4 } else { 1 }) {
         let mut kid = Kid::spawn("wait-verify", pages, layout);
         let (handle, _src) = kid.serve(
             |data| MemSource {
                 data,
                 ..Default::default()
             },
-            LazyOptions::default(),
+            LazyOptions {
+                fill_slice: slice,
+                ..Default::default()
+            },
         );
         kid.go();
         handle.mark_resumed();
@@ -594,19 +607,20 @@ fn bench_1gib_region_prints_figures() {
         let (out, st) = kid.finish();
         assert!(out.starts_with("ok") && st.success(), "{out}");
         eprintln!(
-            "BENCH background fill alone ({round} run): {fill:?} = {:.2} GB/s; the program \
+            "BENCH background fill alone ({round}): {fill:?} = {:.2} GB/s; the program \
              then reads every page: {out}",
             bytes as f64 / fill.as_secs_f64() / 1e9
         );
     }
 
     // Random first touches while the fill runs.
-    for (fb, slice) in [
-        (4096u64, 64u64 << 10),
-        (64 << 10, 64 << 10),
+    let touched = [
+        (64u64 << 10, 64u64 << 10),
+        (4096, 64 << 10),
         (64 << 10, 256 << 10),
         (64 << 10, 2 << 20),
-    ] {
+    ];
+    for (fb, slice) in touched.into_iter().take(if all { 4 } else { 1 }) {
         let mut kid = Kid::spawn("bench", pages, layout);
         let (handle, _src) = kid.serve(
             |data| MemSource {

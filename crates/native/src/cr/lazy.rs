@@ -26,7 +26,7 @@
 //! ([`LazyOptions::fill_block`], 2 MiB): first the blocks around
 //! [`LazyOptions::prefetch`] (a working set recorded by an earlier restore), then everything
 //! in address order; the server copies them in slices ([`LazyOptions::fill_slice`],
-//! 256 KiB) and reads the userfaultfd between two, so a fault waits for at most one slice.
+//! 64 KiB) and reads the userfaultfd between two, so a fault waits for at most one slice.
 //! Pages already there (`EEXIST`) count as filled; when the address space is changing
 //! (`EAGAIN`) the pending events are read and applied first: `madvise` (REMOVE) and `munmap` (UNMAP) ranges are never filled afterwards
 //! (a later fault there gets a zero page, as the kernel would give), `mremap` (REMAP) moves
@@ -202,7 +202,7 @@ pub struct LazyOptions {
     pub fault_block: u64,
     /// Bytes per background read from the page source (a multiple of the page; 2 MiB).
     pub fill_block: u64,
-    /// Bytes per background `UFFDIO_COPY` (a multiple of the page; 256 KiB): between two,
+    /// Bytes per background `UFFDIO_COPY` (a multiple of the page; 64 KiB): between two,
     /// pending faults are served, so a fault waits for at most one such copy.
     pub fill_slice: u64,
     /// Addresses (as in the image) whose fault blocks are read first, in this order: the
@@ -228,7 +228,7 @@ impl Default for LazyOptions {
         LazyOptions {
             fault_block: 64 << 10,
             fill_block: 2 << 20,
-            fill_slice: 256 << 10,
+            fill_slice: 64 << 10,
             prefetch: Vec::new(),
             read_timeout: Duration::from_secs(10),
             read_retries: 2,
