@@ -4,9 +4,12 @@
 //! two streams, `gvisor/<file>/header` (its header, byte for byte) and `gvisor/<file>/state`
 //! (the state decompressed, in content-defined chunks), so that a second snapshot of an
 //! unchanged workload finds nearly all its chunks stored already; any other file is stored
-//! as it is under `gvisor/<file>`. On restore the files are assembled again — state files
-//! with stored DEFLATE blocks, see [`podsnap_engine::gvisor_image`] — into the node's
-//! [`ImageCache`], from which a later restore of the same snapshot links them at once.
+//! as it is under `gvisor/<file>`. A native engine checkpoint (a directory with
+//! `sandbox.json`, the process tree's image and the root file system's changes) is stored
+//! file by file under `native/<path>`, page files in page-aligned content-defined chunks. On
+//! restore the files are assembled again — state files with stored DEFLATE blocks, see
+//! [`podsnap_engine::gvisor_image`] — into the node's [`ImageCache`], from which a later
+//! restore of the same snapshot links them at once.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,6 +20,10 @@ use podsnap_repo::{Chunking, Progress, Snapshot};
 
 /// Prefix of the streams of a gvisor checkpoint.
 pub const GVISOR_PREFIX: &str = "gvisor/";
+/// Prefix of the streams of a native engine checkpoint.
+pub const NATIVE_PREFIX: &str = "native/";
+/// The file that marks a native engine checkpoint directory.
+const NATIVE_MARKER: &str = "sandbox.json";
 const HEADER: &str = "header";
 const STATE: &str = "state";
 
@@ -77,6 +84,32 @@ impl Upload {
     }
 }
 
+/// The streams for the files of an engine's checkpoint in `dir`: a native one (it has
+/// `sandbox.json`) or a gvisor one.
+pub fn checkpoint_uploads(dir: &Path, files: &[(String, u64)]) -> Vec<Upload> {
+    if files.iter().any(|(f, _)| f == NATIVE_MARKER) {
+        native_uploads(dir, files)
+    } else {
+        gvisor_uploads(dir, files)
+    }
+}
+
+/// The streams for the files of a native checkpoint in `dir`.
+fn native_uploads(dir: &Path, files: &[(String, u64)]) -> Vec<Upload> {
+    files
+        .iter()
+        .map(|(file, _)| {
+            let path = dir.join(file);
+            let chunking = if podsnap_native::cr::image::is_pages_file(&path) {
+                Chunking::pages(podsnap_native::cr::image::PAGES_HEADER as u32)
+            } else {
+                Chunking::FILES
+            };
+            Upload::plain(format!("{NATIVE_PREFIX}{file}"), path, chunking)
+        })
+        .collect()
+}
+
 /// The streams for the files of a gvisor checkpoint in `dir`.
 pub fn gvisor_uploads(dir: &Path, files: &[(String, u64)]) -> Vec<Upload> {
     let mut uploads = Vec::new();
@@ -114,34 +147,50 @@ fn is_state_file(path: &Path) -> bool {
         && &magic == MAGIC
 }
 
-/// The files a snapshot's gvisor streams make: file name → how to build it.
-fn gvisor_files(snapshot: &Snapshot) -> Vec<(String, bool)> {
+/// The files a snapshot's checkpoint streams make: stream name without its suffix, file
+/// name, and whether it is a decoded runsc state file.
+fn image_files(snapshot: &Snapshot) -> Vec<(String, String, bool)> {
     let mut files = Vec::new();
     for stream in &snapshot.manifest().streams {
+        if let Some(rest) = stream.name.strip_prefix(NATIVE_PREFIX) {
+            files.push((stream.name.clone(), rest.to_owned(), false));
+            continue;
+        }
         let Some(rest) = stream.name.strip_prefix(GVISOR_PREFIX) else {
             continue;
         };
         match rest.split_once('/') {
-            None => files.push((rest.to_owned(), false)),
-            Some((file, HEADER)) => files.push((file.to_owned(), true)),
+            None => files.push((stream.name.clone(), rest.to_owned(), false)),
+            Some((file, HEADER)) => {
+                files.push((format!("{GVISOR_PREFIX}{file}"), file.to_owned(), true))
+            }
             Some(_) => {}
         }
     }
     files
 }
 
-/// Writes the gvisor checkpoint files of `snapshot` into the directory `into`.
+/// Writes the checkpoint files of `snapshot` into the directory `into`.
 pub async fn assemble(
     snapshot: &Snapshot,
     into: &Path,
     progress: &dyn Progress,
 ) -> Result<u64, String> {
     let mut bytes = 0;
-    for (file, decoded) in gvisor_files(snapshot) {
+    for (stream, file, decoded) in image_files(snapshot) {
+        if file.split('/').any(|part| part.is_empty() || part == "..") {
+            return Err(format!(
+                "stream {stream} names no plain file path; the snapshot is damaged, take a new one"
+            ));
+        }
         let path = into.join(&file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
         if !decoded {
             let stats = snapshot
-                .read_stream_to_file(&format!("{GVISOR_PREFIX}{file}"), &path, progress)
+                .read_stream_to_file(&stream, &path, progress)
                 .await
                 .map_err(|e| e.to_string())?;
             bytes += stats.bytes;
@@ -150,7 +199,7 @@ pub async fn assemble(
         let mut header = Vec::new();
         snapshot
             .read_stream_to_writer(
-                &format!("{GVISOR_PREFIX}{file}/{HEADER}"),
+                &format!("{stream}/{HEADER}"),
                 &mut header,
                 &podsnap_repo::NoProgress,
             )
@@ -165,11 +214,7 @@ pub async fn assemble(
         let mut encoder = ImageEncoder::new(out, &header)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         let stats = snapshot
-            .read_stream_to_writer(
-                &format!("{GVISOR_PREFIX}{file}/{STATE}"),
-                &mut encoder,
-                progress,
-            )
+            .read_stream_to_writer(&format!("{stream}/{STATE}"), &mut encoder, progress)
             .await
             .map_err(|e| e.to_string())?;
         encoder
@@ -180,9 +225,9 @@ pub async fn assemble(
     Ok(bytes)
 }
 
-/// Whether `snapshot` holds a gvisor checkpoint.
-pub fn has_gvisor_image(snapshot: &Snapshot) -> bool {
-    !gvisor_files(snapshot).is_empty()
+/// Whether `snapshot` holds an engine checkpoint (gvisor or native).
+pub fn has_engine_image(snapshot: &Snapshot) -> bool {
+    !image_files(snapshot).is_empty()
 }
 
 /// Checkpoint images assembled on this node, by manifest digest, so that restoring a
@@ -309,7 +354,10 @@ fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = into.join(entry.file_name());
-        if std::fs::hard_link(entry.path(), &target).is_err() {
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            link_all(&entry.path(), &target)?;
+        } else if std::fs::hard_link(entry.path(), &target).is_err() {
             std::fs::copy(entry.path(), &target)?;
         }
     }
@@ -327,8 +375,14 @@ fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|r| {
             r.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some(if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    })
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -405,5 +459,49 @@ mod tests {
         for u in &uploads {
             podsnap_repo::format::validate_stream_name(&u.stream).unwrap();
         }
+    }
+
+    #[test]
+    fn a_native_checkpoint_is_stored_file_by_file_with_page_files_page_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(NATIVE_MARKER), b"{}").unwrap();
+        std::fs::create_dir(dir.path().join("processes")).unwrap();
+        let mut pages = b"PSNPAGES".to_vec();
+        pages.extend(1u32.to_le_bytes());
+        pages.extend(4096u32.to_le_bytes());
+        pages.extend([7u8; 4096]);
+        std::fs::write(dir.path().join("processes/pages-1.img"), &pages).unwrap();
+        std::fs::write(dir.path().join("processes/manifest.json"), b"{}").unwrap();
+        let files = vec![
+            ("processes/manifest.json".into(), 2),
+            ("processes/pages-1.img".into(), pages.len() as u64),
+            (NATIVE_MARKER.into(), 2),
+        ];
+        let uploads = checkpoint_uploads(dir.path(), &files);
+        let summary: Vec<(&str, Chunking)> = uploads
+            .iter()
+            .map(|u| (u.stream.as_str(), u.chunking))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("native/processes/manifest.json", Chunking::FILES),
+                ("native/processes/pages-1.img", Chunking::pages(16)),
+                ("native/sandbox.json", Chunking::FILES),
+            ]
+        );
+        for u in &uploads {
+            podsnap_repo::format::validate_stream_name(&u.stream).unwrap();
+            assert_eq!(u.encoding, Encoding::Plain);
+        }
+        // An image with directories is linked whole.
+        let into = tempfile::tempdir().unwrap();
+        link_all(dir.path(), into.path()).unwrap();
+        assert_eq!(
+            std::fs::read(into.path().join("processes/pages-1.img")).unwrap(),
+            pages
+        );
+        assert_eq!(dir_size(dir.path()), dir_size(into.path()));
+        assert!(dir_size(into.path()) > pages.len() as u64);
     }
 }

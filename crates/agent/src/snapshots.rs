@@ -750,7 +750,7 @@ impl Controller {
                 }
             }
         }
-        Ok(images::gvisor_uploads(&image.dir, &image.files))
+        Ok(images::checkpoint_uploads(&image.dir, &image.files))
     }
 
     /// Captures the root-file-system changes of every container of the Pod (retried); the
@@ -917,10 +917,10 @@ impl Controller {
                 return self.restore_rootfs(pod, &opened).await;
             }
             if !podsnap_runtime::runner::is_solo(pod) {
-                return Err("the Pod has several containers; the gvisor engine here restores the whole of single-container Pods only".to_owned());
+                return Err("the Pod has several containers; the engines here restore the whole of single-container Pods only".to_owned());
             }
-            if !images::has_gvisor_image(&opened) {
-                return Err("the snapshot holds no gvisor checkpoint image".to_owned());
+            if !images::has_engine_image(&opened) {
+                return Err("the snapshot holds no engine checkpoint image".to_owned());
             }
             std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
             let outcome = self

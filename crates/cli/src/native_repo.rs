@@ -7,12 +7,12 @@
 //! stored even where pages moved; other files (`manifest.json`) are small plain streams. A
 //! fetch writes every stream back as its file, each chunk verified by the repository.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use podsnap_api::EngineInfo;
+use podsnap_native::cr::image;
 use podsnap_repo::{
     Chunking, EncryptionKey, Progress, RepoError, RepoOptions, Repository, SnapshotMetadata,
     StoreOptions, format,
@@ -26,10 +26,6 @@ pub const MANIFEST_STREAM: &str = "native/manifest.json";
 pub const FORMAT_LABEL: &str = "podsnap.io/image-format";
 /// [`FORMAT_LABEL`]'s value for native images (version 1 of this mapping).
 pub const FORMAT_NATIVE: &str = "native-v1";
-/// Magic of a page file.
-const PAGES_MAGIC: &[u8; 8] = b"PSNPAGES";
-/// Length of a page file's header.
-const PAGES_HEADER: u32 = 16;
 
 /// Opens `repo`: a URL (`file:///DIR`, `s3://…`, see `podsnap repo`) or a local directory.
 pub fn open_repo(
@@ -156,25 +152,12 @@ pub fn image_files(dir: &Path) -> Result<Vec<ImageFile>> {
 /// How a file of a native image is chunked: page files page-aligned and content-defined,
 /// anything else as a plain file.
 pub fn chunking_for(path: &Path) -> Result<Chunking> {
-    let mut header = [0u8; PAGES_HEADER as usize];
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut filled = 0;
-    while filled < header.len() {
-        let n = file.read(&mut header[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    let page = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-    Ok(
-        if filled == header.len() && &header[..8] == PAGES_MAGIC && page == 4096 {
-            Chunking::pages(PAGES_HEADER)
-        } else {
-            Chunking::FILES
-        },
-    )
+    std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(if image::is_pages_file(path) {
+        Chunking::pages(image::PAGES_HEADER as u32)
+    } else {
+        Chunking::FILES
+    })
 }
 
 /// What storing an image did.

@@ -1,7 +1,7 @@
 //! End to end: `podsnap serve` runs a Pod with `runtimeClassName: native` on the native engine
 //! (namespaces, overlay root) next to the default gvisor engine: Running, exec, logs, delete
-//! leaving nothing; unknown runtime classes fail clearly; snapshots of native Pods fail with a
-//! message saying they are not available yet.
+//! leaving nothing; unknown runtime classes fail clearly; a native Pod is snapshotted with the
+//! native engine's own checkpoint and a new replica is restored from it, its state intact.
 
 mod common;
 
@@ -89,17 +89,6 @@ async fn a_native_pod_runs_execs_logs_and_is_deleted() {
         String::from_utf8_lossy(&logs)
     );
 
-    // Snapshots of native Pods are not available yet, and say so.
-    let trigger = run_trigger(&client, "now", "nat").await;
-    let triggered = condition_of(&trigger, "Triggered");
-    assert_eq!(triggered["reason"], "Failed", "{trigger}");
-    assert!(
-        triggered["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("checkpoint of native Pods is not available yet"),
-        "{trigger}"
-    );
     assert_eq!(pod(&client, "nat").await["status"]["phase"], "Running");
 
     client
@@ -139,5 +128,87 @@ async fn unknown_runtime_classes_fail_with_the_choices() {
         message.contains("runtimeClassName `runc` is unknown: use gvisor or native"),
         "{}",
         failed["status"]
+    );
+}
+
+const NATIVE_COUNTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default, labels: {app: counter}}
+spec:
+  runtimeClassName: native
+  containers:
+  - name: counter
+    image: localhost/busybox
+    command: ["/bin/sh", "-c", "echo kept > /tmp/kept; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+"#;
+
+#[tokio::test]
+async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StateCleanup(dir.path().to_path_buf());
+    let _native = NativeCleanup(dir.path().join("native"));
+    busybox_image(dir.path());
+    let (_agent, client, _engine) = start_agent(dir.path()).await;
+    client
+        .apply(&snapshot_setup(
+            dir.path(),
+            "counter",
+            "type: manual, postCheckpoint: resume",
+            &NATIVE_COUNTER.replace("NAME", "origin"),
+        ))
+        .await
+        .unwrap();
+    wait_phase(&client, "origin", "Running").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = count(&client, "origin").await;
+    assert!(before > 0);
+
+    let trigger = run_trigger(&client, "now", "origin").await;
+    assert_eq!(
+        condition_of(&trigger, "Triggered")["reason"],
+        "Complete",
+        "{trigger}"
+    );
+    let snapshot = trigger["status"]["snapshotCreated"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // postCheckpoint: resume — the origin goes on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(count(&client, "origin").await > before);
+
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "replica"))
+        .await
+        .unwrap();
+    let replica = wait_phase(&client, "replica", "Running").await;
+    let restored = condition_of(&replica, "PodRestored");
+    assert!(
+        restored["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&snapshot)),
+        "not restored: {} {:?}",
+        replica["status"],
+        client
+            .json(Method::GET, "/events?namespace=default&name=replica", None)
+            .await
+            .unwrap()
+    );
+    // Its counter goes on from the snapshot; its file system has the origin's changes.
+    assert!(count(&client, "replica").await >= before);
+    let out = client
+        .json(
+            Method::POST,
+            "/exec/default/replica",
+            Some(&json!({"command": ["/bin/cat", "/tmp/kept"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["stdout"], "kept\n", "{out}");
+    assert_eq!(
+        list_containers(&dir.path().join("native")).len(),
+        2,
+        "origin and replica run natively"
     );
 }

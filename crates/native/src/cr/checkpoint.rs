@@ -26,7 +26,7 @@ use tracing::info;
 use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
 use super::model::{
-    Backing, Caps, FdKind, MmLayout, ProcessImage, SigAction, ThreadState, Vma, to_hex,
+    Backing, Caps, FdKind, MmLayout, ProcessImage, SigAction, ThreadState, Vma, Zombie, to_hex,
 };
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
@@ -72,10 +72,16 @@ fn refused(pid: i32, resource: impl Into<String>, hint: impl Into<String>) -> Cr
 type Tree = Vec<(i32, Vec<i32>)>;
 
 /// Walks the tree under `root` (pre-order, children in PID order).
-fn walk(root: i32) -> Result<Tree> {
+fn walk(root: i32) -> Result<(Tree, Vec<i32>)> {
     let mut out = Vec::new();
+    let mut zombies = Vec::new();
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
+        let state = Stat::parse(&procfs::read_text(pid, "stat")?).and_then(|s| s.state());
+        if state == Some('Z') && pid != root {
+            zombies.push(pid);
+            continue;
+        }
         let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .map_err(|source| CrError::Proc {
                 pid,
@@ -94,7 +100,7 @@ fn walk(root: i32) -> Result<Tree> {
         stack.extend(children.into_iter().rev());
         out.push((pid, tids));
     }
-    Ok(out)
+    Ok((out, zombies))
 }
 
 /// Every thread seized, stopped and accounted for; detached on drop unless `release`d.
@@ -146,10 +152,10 @@ fn stop_thread(tid: i32) -> Result<()> {
 }
 
 /// Seizes and stops every thread of the tree, walking it again until it no longer changes.
-fn stop_tree(root: i32, stopped: &mut Stopped) -> Result<Tree> {
+fn stop_tree(root: i32, stopped: &mut Stopped) -> Result<(Tree, Vec<i32>)> {
     let mut seized = BTreeSet::new();
     loop {
-        let tree = walk(root)?;
+        let (tree, zombies) = walk(root)?;
         let mut new = 0;
         for (pid, tids) in &tree {
             if !seized.contains(pid) {
@@ -165,7 +171,7 @@ fn stop_tree(root: i32, stopped: &mut Stopped) -> Result<Tree> {
             }
         }
         if new == 0 {
-            return Ok(tree);
+            return Ok((tree, zombies));
         }
     }
 }
@@ -193,10 +199,14 @@ pub fn checkpoint_with(
         deferred: BTreeMap::new(),
         keep: false,
     };
-    let tree = stop_tree(pid, &mut stopped)?;
+    let (tree, zombie_pids) = stop_tree(pid, &mut stopped)?;
     let (mut processes, page_bytes) =
         dump_tree(&tree, dir, &opts.stdio_paths, &mut stopped.deferred)?;
-    to_namespace_pids(dir, &mut processes)?;
+    let mut zombies = zombie_pids
+        .iter()
+        .map(|&z| zombie(z))
+        .collect::<Result<Vec<_>>>()?;
+    to_namespace_pids(dir, &mut processes, &mut zombies)?;
     let frozen = t0.elapsed();
     let threads = tree.iter().map(|(_, t)| t.len()).sum();
     let vmas = processes.iter().map(|p| p.vmas.len()).sum();
@@ -205,6 +215,7 @@ pub fn checkpoint_with(
         version: image::VERSION,
         kernel_release: kernel_release(),
         processes,
+        zombies,
     };
     image::write_manifest(dir, &manifest)?;
     while_stopped().map_err(|what| CrError::Unexpected { pid, what })?;
@@ -245,18 +256,29 @@ pub fn checkpoint_with(
 /// Rewrites every PID and TID of the images (taken in this process's view) into the tree's
 /// own pid namespace, where the restore makes them again. Process groups and sessions led
 /// from outside the tree keep no number that means anything there: they become 0.
-fn to_namespace_pids(dir: &Path, processes: &mut [ProcessImage]) -> Result<()> {
+fn to_namespace_pids(
+    dir: &Path,
+    processes: &mut [ProcessImage],
+    zombies: &mut [Zombie],
+) -> Result<()> {
     let mut map = BTreeMap::new();
     for p in processes.iter() {
         for t in &p.threads {
             map.insert(t.tid, sys::ns_pid(t.tid)?);
         }
     }
+    for z in zombies.iter() {
+        map.insert(z.pid, sys::ns_pid(z.pid)?);
+    }
     if map.iter().all(|(a, b)| a == b) {
         return Ok(());
     }
     let root = processes[0].pid;
     let tr = |x: i32| map.get(&x).copied().unwrap_or(0);
+    for z in zombies.iter_mut() {
+        z.pid = tr(z.pid);
+        z.ppid = tr(z.ppid);
+    }
     for p in processes.iter_mut() {
         let is_root = p.pid == root;
         p.pid = tr(p.pid);
@@ -292,14 +314,35 @@ fn rename(dir: &Path, from: &str, to: &str) -> Result<()> {
     })
 }
 
-/// Refusals that need no stop: zombies, seccomp, another tracer.
+/// A child that exited and was not reaped yet: its parent and exit code.
+fn zombie(pid: i32) -> Result<Zombie> {
+    let stat =
+        Stat::parse(&procfs::read_text(pid, "stat")?).ok_or_else(|| CrError::Unexpected {
+            pid,
+            what: "unreadable /proc/PID/stat".into(),
+        })?;
+    // Field 52 is the wait status; a death by a signal comes back as the shell's 128 + N.
+    let status = stat.field(52).unwrap_or(0) as i32;
+    let code = if status & 0x7f != 0 {
+        128 + (status & 0x7f)
+    } else {
+        (status >> 8) & 0xff
+    };
+    Ok(Zombie {
+        pid,
+        ppid: stat.field(4).unwrap_or(0) as i32,
+        exit_code: code,
+    })
+}
+
+/// Refusals that need no stop: the root a zombie, seccomp, another tracer.
 fn preflight(pid: i32) -> Result<()> {
     let status = procfs::read_text(pid, "status")?;
     if procfs::status_field(&status, "State").is_some_and(|s| s.starts_with('Z')) {
         return Err(refused(
             pid,
             "a zombie process",
-            "its parent has not reaped it yet; retry once it has",
+            "the process has exited; there is nothing to checkpoint",
         ));
     }
     if procfs::status_field(&status, "Seccomp") != Some("0") {
@@ -672,7 +715,8 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma> {
                     what: format!("stat of the file behind {}", what()),
                     source,
                 })?;
-            let by_path = std::fs::metadata(p).ok();
+            // The path as the process sees it, from its own root.
+            let by_path = std::fs::metadata(format!("/proc/{pid}/root{p}")).ok();
             if !md.is_file() || by_path.is_none_or(|b| b.ino() != md.ino() || b.dev() != md.dev()) {
                 return Err(refused(
                     pid,

@@ -358,11 +358,7 @@ pub fn rebind_address(addr: &[u8]) -> Vec<u8> {
     let mut a = addr.to_vec();
     let family = a.get(..2).map(|f| u16::from_ne_bytes([f[0], f[1]]) as i32);
     match family {
-        Some(libc::AF_INET) if a.len() >= 8 => {
-            if a[4] != 127 {
-                a[4..8].fill(0);
-            }
-        }
+        Some(libc::AF_INET) if a.len() >= 8 && a[4] != 127 => a[4..8].fill(0),
         Some(libc::AF_INET6) if a.len() >= 24 => {
             let ip = &a[8..24];
             let loopback = ip[..15].iter().all(|b| *b == 0) && ip[15] == 1;
@@ -999,5 +995,50 @@ mod planner {
             Expect::Zero,
             format!("F_SETFL of fd {fd}"),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut a = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        a.extend(port.to_be_bytes());
+        a.extend(ip);
+        a.extend([0u8; 8]);
+        a
+    }
+
+    #[test]
+    fn addresses_of_the_old_network_become_unspecified_and_ports_stay() {
+        assert_eq!(rebind_address(&v4([10, 89, 0, 5], 80)), v4([0; 4], 80));
+        assert_eq!(
+            rebind_address(&v4([127, 0, 0, 1], 80)),
+            v4([127, 0, 0, 1], 80)
+        );
+        assert_eq!(rebind_address(&v4([0; 4], 8080)), v4([0; 4], 8080));
+        let mut v6 = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        v6.extend(443u16.to_be_bytes());
+        v6.extend([0u8; 4]);
+        let mut ip = [0u8; 16];
+        ip[15] = 1;
+        let mut lo = v6.clone();
+        lo.extend(ip);
+        lo.extend([0u8; 4]);
+        assert_eq!(rebind_address(&lo), lo, "::1 stays");
+        let mut other = v6.clone();
+        other.extend([0xfd; 16]);
+        other.extend([0u8; 4]);
+        let got = rebind_address(&other);
+        assert!(got[8..24].iter().all(|b| *b == 0));
+        assert_eq!(got[2..4], 443u16.to_be_bytes());
+    }
+
+    #[test]
+    fn pipe_links_name_their_inode() {
+        assert_eq!(pipe_inode("pipe:[4242]"), Some(4242));
+        assert_eq!(pipe_inode("socket:[4242]"), None);
+        assert_eq!(pipe_inode("/tmp/pipe:[1]"), None);
     }
 }

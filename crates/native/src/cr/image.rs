@@ -30,6 +30,17 @@ pub const PAGES_VERSION: u32 = 1;
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 
+/// Whether the file at `path` is a page file of this format (by its header): page data that
+/// is best stored page-aligned.
+pub fn is_pages_file(path: &Path) -> bool {
+    let mut header = [0u8; PAGES_HEADER as usize];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && &header[..8] == PAGES_MAGIC
+        && header[12..16] == (PAGE as u32).to_le_bytes()
+}
+
 /// The page file of process `pid`.
 pub fn pages_file_name(pid: i32) -> String {
     format!("pages-{pid}.img")
@@ -52,6 +63,9 @@ pub struct Manifest {
     pub kernel_release: String,
     /// The processes, the root first, every parent before its children.
     pub processes: Vec<ProcessImage>,
+    /// Children that had exited and were not reaped yet.
+    #[serde(default)]
+    pub zombies: Vec<super::model::Zombie>,
 }
 
 /// The page file's description.
@@ -219,6 +233,18 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
         )
     })?;
     check_tree(&mpath, &manifest.processes)?;
+    for z in &manifest.zombies {
+        let clash = manifest
+            .processes
+            .iter()
+            .any(|p| p.threads.iter().any(|t| t.tid == z.pid));
+        if z.pid <= 0 || clash || !manifest.processes.iter().any(|p| p.pid == z.ppid) {
+            return Err(bad(
+                &mpath,
+                format!("zombie {} has no parent in the image or a taken PID", z.pid),
+            ));
+        }
+    }
     let mut files = Vec::new();
     for p in &manifest.processes {
         check_index(&mpath, &p.pages)?;

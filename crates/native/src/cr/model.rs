@@ -62,6 +62,18 @@ pub struct ProcessImage {
     pub pages: super::image::PagesInfo,
 }
 
+/// A child process that had exited but was not reaped by its parent: made again, and made
+/// to exit with its code, so that the parent finds it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zombie {
+    /// Its PID.
+    pub pid: i32,
+    /// Its parent, a process of the image.
+    pub ppid: i32,
+    /// Its exit code (a death by signal N is saved as 128 + N).
+    pub exit_code: i32,
+}
+
 /// Capability sets, as `/proc/PID/status` shows them.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[allow(missing_docs)]

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use super::checkpoint::kernel_release;
 use super::files::FilePlanner;
 use super::image::{self, PAGE, PageRun, PagesFile};
-use super::model::{Backing, Caps, ProcessImage, Regs, Vma, from_hex};
+use super::model::{Backing, Caps, ProcessImage, Regs, Vma, Zombie, from_hex};
 use super::procfs::{self, MapEntry};
 use super::sys::{self, Cloned, Injector, TRAMPOLINE_CODE, Wait};
 use super::{CrError, Result};
@@ -244,6 +244,14 @@ pub enum Op {
         /// The XSAVE area.
         xstate: Vec<u8>,
     },
+    /// Make task `tid` (a fresh process) exit with `code`: it stays a zombie until its
+    /// parent reaps it, as it was at the checkpoint.
+    Exit {
+        /// The process.
+        tid: i32,
+        /// Its exit code.
+        code: i32,
+    },
     /// Detach every task: the tree runs.
     Release,
     /// After the release, send signal `sig` to process `pid` (it arrived during the
@@ -270,6 +278,8 @@ pub trait SeedOps {
     fn adopt(&mut self, parent: i32, tid: i32, code: u64) -> Result<()>;
     /// Sends signal `sig` to process `pid`.
     fn signal(&mut self, pid: i32, sig: i32) -> Result<()>;
+    /// Makes the fresh process `tid` exit with `code` and forgets it.
+    fn exit(&mut self, tid: i32, code: i32) -> Result<()>;
     /// Writes bytes into the pipe behind fd `fd` of `pid`.
     fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
     /// Sets a resource limit of `pid`.
@@ -398,6 +408,7 @@ fn clone_op(parent: i32, child: i32, flags: u64, exit_signal: u64, data: u64, co
 /// the absolute paths for stdio and every thread's XSAVE area (by TID).
 pub fn plan_restore(
     images: &[ProcessImage],
+    zombies: &[Zombie],
     seed: &SeedLayout,
     stdio: &Stdio,
     xstates: &BTreeMap<i32, Vec<u8>>,
@@ -449,8 +460,22 @@ pub fn plan_restore(
         addr: tramp,
     });
 
-    // The tree, parents first, each with its session and process group.
+    // The tree, parents first, each with its session and process group; the zombies.
     plan_sessions(images, data, tramp, &mut ops);
+    for z in zombies {
+        ops.push(clone_op(
+            z.ppid,
+            z.pid,
+            0,
+            libc::SIGCHLD as u64,
+            data,
+            tramp,
+        ));
+        ops.push(Op::Exit {
+            tid: z.pid,
+            code: z.exit_code,
+        });
+    }
 
     // Each process's memory and attributes.
     for p in images {
@@ -1279,6 +1304,7 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
                 regs,
                 xstate,
             } => seed.finish_main(*tid, *trampoline, regs, xstate)?,
+            Op::Exit { tid, code } => seed.exit(*tid, *code)?,
             Op::Release => seed.release()?,
             Op::SignalAfter { pid, sig } => {
                 if let Err(e) = seed.signal(*pid, *sig) {
@@ -1294,6 +1320,8 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
 /// by their IDs in the image (their own pid namespace); each injector holds the host's.
 struct LiveSeeds {
     tasks: BTreeMap<i32, Injector>,
+    /// Host PIDs in the order the tasks were taken.
+    order: Vec<i32>,
     released: bool,
 }
 
@@ -1318,9 +1346,13 @@ impl Drop for LiveSeeds {
         for t in self.tasks.values() {
             let _ = sys::kill(t.pid, libc::SIGKILL);
         }
-        for t in self.tasks.values() {
-            while let Ok(Wait::Stopped(..)) = sys::wait(t.pid) {
-                let _ = sys::cont(t.pid, 0);
+        // Newest first: a pid namespace's first process waits, as it dies, for every other
+        // process of the namespace to be reaped — by this tracer first.
+        let mut hosts: Vec<i32> = self.tasks.values().map(|t| t.pid).collect();
+        hosts.sort_unstable_by_key(|h| std::cmp::Reverse(self.order.iter().position(|o| o == h)));
+        for h in hosts {
+            while let Ok(Wait::Stopped(..)) = sys::wait(h) {
+                let _ = sys::cont(h, 0);
             }
         }
     }
@@ -1350,9 +1382,11 @@ impl SeedOps for LiveSeeds {
                 pid: tid,
                 what: "the clone3 that made it reported no new task".into(),
             })?;
-        // Auto-attached (PTRACE_O_TRACEFORK/CLONE): it starts with a SIGSTOP.
+        // Auto-attached (PTRACE_O_TRACEFORK/CLONE): it starts with a SIGSTOP, or with an
+        // event stop when the tracer seized its parent.
         match sys::wait(host)? {
             Wait::Stopped(libc::SIGSTOP, 0) => {}
+            Wait::Stopped(_, ev) if ev == libc::PTRACE_EVENT_STOP => {}
             other => {
                 let _ = sys::kill(host, libc::SIGKILL);
                 return Err(CrError::Unexpected {
@@ -1361,6 +1395,7 @@ impl SeedOps for LiveSeeds {
                 });
             }
         }
+        self.order.push(host);
         let mut inj = Injector::new(host)?;
         inj.code = code;
         self.tasks.insert(tid, inj);
@@ -1374,6 +1409,27 @@ impl SeedOps for LiveSeeds {
             what: format!("sending signal {sig}"),
             source,
         })
+    }
+
+    fn exit(&mut self, tid: i32, code: i32) -> Result<()> {
+        let t = self.tasks.remove(&tid).ok_or_else(|| CrError::Unexpected {
+            pid: tid,
+            what: "the plan names a task that was not created".into(),
+        })?;
+        self.order.retain(|h| *h != t.pid);
+        let mut r = t.base;
+        r.rip = t.code;
+        r.rax = libc::SYS_exit_group as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = code as u64;
+        sys::set_regs(t.pid, &r)?;
+        sys::cont(t.pid, 0)?;
+        loop {
+            match sys::wait(t.pid)? {
+                Wait::Exited(_) | Wait::Signaled(_) => return Ok(()),
+                Wait::Stopped(..) => sys::cont(t.pid, 0)?,
+            }
+        }
     }
 
     fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()> {
@@ -1521,8 +1577,9 @@ fn spawn_seed(pid: i32) -> Result<i32> {
     }
 }
 
-/// Checks that the image fits this machine and its page indexes fit its mappings.
-fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
+/// Checks that the image fits this machine and its page indexes fit its mappings; the
+/// processes' paths are resolved under `root` (where the seed's root is, seen from here).
+fn check_compatible(dir: &Path, m: &image::Manifest, root: &Path) -> Result<()> {
     let here = kernel_release();
     if m.kernel_release != here {
         return Err(CrError::Incompatible(format!(
@@ -1531,7 +1588,9 @@ fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
         )));
     }
     for p in &m.processes {
-        if std::fs::read_link("/proc/self/exe").is_ok_and(|e| e == Path::new(&p.exe)) {
+        if root == Path::new("/")
+            && std::fs::read_link("/proc/self/exe").is_ok_and(|e| e == Path::new(&p.exe))
+        {
             return Err(CrError::Incompatible(format!(
                 "process {} runs the restoring program itself",
                 p.pid
@@ -1546,9 +1605,10 @@ fn check_compatible(dir: &Path, m: &image::Manifest) -> Result<()> {
             } = &v.backing
             {
                 use std::os::unix::fs::MetadataExt;
-                let md = std::fs::metadata(path).map_err(|e| {
-                    CrError::Incompatible(format!("mapped file {path} is not here: {e}"))
-                })?;
+                let md =
+                    std::fs::metadata(root.join(path.trim_start_matches('/'))).map_err(|e| {
+                        CrError::Incompatible(format!("mapped file {path} is not here: {e}"))
+                    })?;
                 let mt = md.mtime() * 1_000_000_000 + md.mtime_nsec();
                 if md.size() != *size || mt != *mtime_ns {
                     return Err(CrError::Incompatible(format!(
@@ -1656,7 +1716,11 @@ fn seize_seed(pid: i32) -> Result<i32> {
 fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<RestoreStats> {
     let t0 = Instant::now();
     let (manifest, pages) = image::read_image(dir)?;
-    check_compatible(dir, &manifest)?;
+    let root_dir = match seed {
+        Some(s) => PathBuf::from(format!("/proc/{s}/root")),
+        None => PathBuf::from("/"),
+    };
+    check_compatible(dir, &manifest, &root_dir)?;
     let mut xstates = BTreeMap::new();
     for p in &manifest.processes {
         for t in &p.threads {
@@ -1690,6 +1754,7 @@ fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<
     };
     let mut seeds = LiveSeeds {
         tasks: BTreeMap::new(),
+        order: vec![host],
         released: false,
     };
     let inj = Injector::new(host)?;
@@ -1706,7 +1771,13 @@ fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<
         rseq: sys::get_rseq(host)?,
         creds: creds_of(host)?,
     };
-    let plan = plan_restore(&manifest.processes, &layout, &stdio, &xstates)?;
+    let plan = plan_restore(
+        &manifest.processes,
+        &manifest.zombies,
+        &layout,
+        &stdio,
+        &xstates,
+    )?;
     let tree_pages = TreePages {
         by_pid: manifest
             .processes
@@ -1914,6 +1985,11 @@ mod tests {
             self.events.push(format!("signal {pid} {sig}"));
             Ok(())
         }
+        fn exit(&mut self, tid: i32, code: i32) -> Result<()> {
+            self.events.push(format!("exit {tid} {code}"));
+            self.tasks.remove(&tid);
+            Ok(())
+        }
         fn fill_pipe(&mut self, pid: i32, fd: i32, _: &[u8]) -> Result<()> {
             let o = self.fds[&pid].get(&(fd as u64)).cloned();
             assert_eq!(
@@ -2093,7 +2169,7 @@ mod tests {
     }
 
     fn run(images: &[ProcessImage], stdio: &Stdio) -> Recorder {
-        let plan = plan_restore(images, &seed(), stdio, &xstates(images)).unwrap();
+        let plan = plan_restore(images, &[], &seed(), stdio, &xstates(images)).unwrap();
         let mut rec = Recorder::with_root(images[0].pid);
         let runs = [PageRun {
             addr: 0x600000,
@@ -2296,9 +2372,51 @@ mod tests {
     }
 
     #[test]
+    fn a_zombie_is_forked_from_its_parent_and_exits_before_the_parent_changes() {
+        let imgs = tree();
+        let zombies = [Zombie {
+            pid: 103,
+            ppid: 101,
+            exit_code: 3,
+        }];
+        let plan = plan_restore(
+            &imgs,
+            &zombies,
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&imgs),
+        )
+        .unwrap();
+        let mut rec = Recorder::with_root(100);
+        let runs: [PageRun; 0] = [];
+        let pages = TreePages {
+            by_pid: imgs
+                .iter()
+                .map(|p| (p.pid, (&runs[..], &NoPages as &dyn PageSource)))
+                .collect(),
+        };
+        execute(&plan, &pages, &mut rec).unwrap();
+        let at = |e: &str| rec.events.iter().position(|x| x == e).unwrap();
+        assert!(at("adopt 101") < at("adopt 103") && at("adopt 103") < at("exit 103 3"));
+        // The parent's seed forked it before being reshaped.
+        let reshape = rec
+            .calls
+            .iter()
+            .position(|(t, n, _)| *t == 101 && *n == libc::SYS_close_range)
+            .unwrap();
+        let fork = rec
+            .calls
+            .iter()
+            .position(|(t, n, _)| *t == 101 && *n == libc::SYS_clone3)
+            .unwrap();
+        assert!(fork < reshape);
+    }
+
+    #[test]
     fn the_plan_ends_with_deferred_signals_after_the_release() {
         let ops = plan_restore(
             &tree(),
+            &[],
             &seed(),
             &paths(["/dev/null"; 3]),
             &xstates(&tree()),
@@ -2320,7 +2438,14 @@ mod tests {
         imgs[0].uids = [1000; 4];
         imgs[0].gids = [1000; 4];
         imgs[0].caps.bounding = 0xff;
-        let ops = plan_restore(&imgs, &seed(), &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap();
+        let ops = plan_restore(
+            &imgs,
+            &[],
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&imgs),
+        )
+        .unwrap();
         let of = |tid: i32, nr: i64| {
             ops.iter().position(
                 |o| matches!(o, Op::Syscall { tid: t, call } if *t == tid && call.nr == nr),
@@ -2372,7 +2497,7 @@ mod tests {
                 .insert(fd, Obj(format!("seed's {fd}"), 0));
         }
         let imgs = [img];
-        let plan = plan_restore(&imgs, &seed(), &Stdio::Inherit, &xstates(&imgs)).unwrap();
+        let plan = plan_restore(&imgs, &[], &seed(), &Stdio::Inherit, &xstates(&imgs)).unwrap();
         let runs: [PageRun; 0] = [];
         let pages = TreePages {
             by_pid: [(100, (&runs[..], &NoPages as &dyn PageSource))].into(),
@@ -2393,7 +2518,8 @@ mod tests {
         s.maps = vec![map(0x7f00_0010_0000, 0x7f00_0010_2000, "[vdso]")];
         s.rseq = None;
         let imgs = [image(100, 0)];
-        let err = plan_restore(&imgs, &s, &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap_err();
+        let err =
+            plan_restore(&imgs, &[], &s, &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap_err();
         assert!(err.to_string().contains("vDSO"), "{err}");
     }
 

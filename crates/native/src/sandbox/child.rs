@@ -436,6 +436,19 @@ fn drop_capabilities(keep: u64) -> Result<(), Errno> {
     Ok(())
 }
 
+/// A seed for a restore: inside every namespace, root and cgroup of the container, with every
+/// privilege, fds 0–2 (the container's log) kept and the rest closed (so that the agent's
+/// spawn sees the end of its pipes), waiting to be taken over with ptrace.
+fn become_seed() -> ! {
+    close_all_from(3);
+    loop {
+        // SAFETY: pause(2) takes no arguments; it returns only when a signal was handled.
+        unsafe {
+            libc::pause();
+        }
+    }
+}
+
 /// Runs `plan` in a forked child (inside `Command::pre_exec`). Returns `Ok` in the process
 /// that goes on to `exec` the program; the supervisor never returns. On failure the step is
 /// reported on the info pipe and the error returned (so `Command::spawn` fails with it).
@@ -507,6 +520,9 @@ fn run_steps(plan: &ChildPlan, ops: &[Op], sources: &mut [Option<OwnedFd>]) -> s
         fchdir(root)
             .and_then(|()| chroot(c"."))
             .map_err(fail(Step::Chroot))?;
+    }
+    if plan.seed {
+        become_seed();
     }
     drop_capabilities(plan.keep_caps).map_err(fail(Step::Capabilities))?;
     let (uid, gid) = plan.user;

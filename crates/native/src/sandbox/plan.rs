@@ -145,6 +145,9 @@ pub struct ChildPlan {
     pub user: (u32, u32),
     /// Working directory in the end.
     pub cwd: Option<CString>,
+    /// Instead of becoming the program: keep every privilege, close every fd but 0–2 and wait
+    /// (`pause`) as a seed for a restore, which replaces this process with a saved one.
+    pub seed: bool,
 }
 
 impl ChildPlan {

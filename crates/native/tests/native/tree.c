@@ -1,6 +1,8 @@
 /* A process tree: the root, a relay child connected by pipes (one with bytes buffered across
- * the checkpoint), and a child in its own session. After restore the pipes carry data between
- * the processes, the buffered bytes arrive, sessions, groups and parenthood are as before.
+ * the checkpoint), a child in its own session and a child that exited and is not reaped yet.
+ * After restore the pipes carry data between the processes, the buffered bytes arrive,
+ * sessions, groups and parenthood are as before, and the exited child is there to be reaped
+ * with its exit code.
  * argv: RESULT. */
 #include "common.h"
 #include <sys/wait.h>
@@ -43,6 +45,8 @@ int main(int argc, char **argv) {
         setsid();
         for (;;) pause();
     }
+    pid_t exited = fork();
+    if (exited == 0) _exit(7);
     close(go[0]);
     close(back[1]);
     close(held[0]);
@@ -65,6 +69,9 @@ int main(int argc, char **argv) {
     CHECK(strcmp(text, buffered) == 0, "the buffered bytes changed");
     CHECK(ppid == getpid(), "the relay has another parent");
     CHECK(pgrp == my_pgrp, "the relay left its process group");
+    int st = 0;
+    CHECK(waitpid(exited, &st, 0) == exited, "the exited child is not ours to reap");
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "the exited child lost its exit code");
     kill(relay, SIGKILL);
     kill(leader, SIGKILL);
     CHECK(waitpid(relay, NULL, 0) == relay, "the relay is not our child");

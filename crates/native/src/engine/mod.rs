@@ -27,8 +27,8 @@ use crate::sandbox::child::{self, read_reports};
 use crate::sandbox::plan::{self, CLONE_NEWTIME, ChildPlan, JoinNs, OverlayDirs};
 use crate::sandbox::{Cgroup, CgroupKind, TimeOffsets, cgroup};
 
-/// What checkpoint and restore answer until the native checkpoint is wired in.
-pub const CHECKPOINT_UNAVAILABLE: &str = "checkpoint of native Pods is not available yet: the native checkpoint lands with the cr module; run the Pod with runtimeClassName gvisor to snapshot it";
+mod snapshot;
+use snapshot::unpack_upper;
 
 /// How the native engine runs.
 #[derive(Clone, Debug)]
@@ -224,6 +224,17 @@ enum Role<'a> {
     Member(&'a Record),
 }
 
+/// How a container's first process starts.
+enum Start {
+    /// It runs the container's program.
+    Exec,
+    /// It waits as a seed for a restore, its root file system's changes unpacked first.
+    Seed {
+        /// The archive of the saved upper directory.
+        upper_archive: Option<PathBuf>,
+    },
+}
+
 /// The native engine.
 #[derive(Clone, Debug)]
 pub struct NativeEngine {
@@ -339,7 +350,77 @@ impl NativeEngine {
         }
         let me = self.clone();
         let (id, spec, network) = (sandbox_id.to_owned(), root.clone(), network.clone());
-        blocking(move || me.launch(&id, &spec, Role::Root(&network, options.time_offsets))).await
+        blocking(move || {
+            me.launch(
+                &id,
+                &spec,
+                Role::Root(&network, options.time_offsets),
+                &Start::Exec,
+            )
+        })
+        .await
+    }
+
+    /// Checkpoints sandbox `sandbox_id` into `image_dir` (see [`snapshot`]): its process tree,
+    /// the changes to its root file system, its clocks.
+    fn checkpoint_blocking(
+        &self,
+        sandbox_id: &str,
+        image_dir: &Path,
+        leave_running: bool,
+    ) -> Result<CheckpointImage> {
+        let record = self.record(sandbox_id)?;
+        let members: Vec<String> = self
+            .layout
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                id != sandbox_id
+                    && self
+                        .layout
+                        .read(id)
+                        .is_some_and(|r| r.sandbox == sandbox_id)
+            })
+            .collect();
+        if !members.is_empty() {
+            return Err(EngineError::Unsupported(format!(
+                "sandbox {sandbox_id} has more containers ({}): native snapshots of Pods with \
+                 several containers are not supported yet; run the Pod with runtimeClassName \
+                 gvisor to snapshot it",
+                members.join(", ")
+            )));
+        }
+        if !record.running() {
+            return Err(EngineError::Unsupported(format!(
+                "sandbox {sandbox_id} is not running: there is nothing to checkpoint"
+            )));
+        }
+        snapshot::checkpoint(&record, image_dir, leave_running)
+    }
+
+    /// Restores sandbox `sandbox_id` from `image_dir`: a new sandbox whose first process is a
+    /// seed, then the saved tree restored into it.
+    fn restore_blocking(
+        &self,
+        sandbox_id: &str,
+        spec: &ContainerSpec,
+        network: &Network,
+        image_dir: &Path,
+    ) -> Result<()> {
+        let saved = snapshot::read_sandbox_image(image_dir)?;
+        let offsets = saved.time_offsets_now();
+        let start = Start::Seed {
+            upper_archive: saved.upper_archive(image_dir),
+        };
+        self.launch(sandbox_id, spec, Role::Root(network, offsets), &start)?;
+        let record = self.record(sandbox_id)?;
+        match snapshot::restore_into(&record, image_dir) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = delete_container(&self.layout, sandbox_id);
+                Err(e)
+            }
+        }
     }
 
     fn record(&self, id: &str) -> Result<Record> {
@@ -349,7 +430,13 @@ impl NativeEngine {
     }
 
     /// Starts container `spec` (blocking: forks and waits for the `exec`).
-    fn launch(&self, sandbox_id: &str, spec: &ContainerSpec, role: Role<'_>) -> Result<()> {
+    fn launch(
+        &self,
+        sandbox_id: &str,
+        spec: &ContainerSpec,
+        role: Role<'_>,
+        start: &Start,
+    ) -> Result<()> {
         if let Some(old) = self.layout.read(&spec.id) {
             if old.running() {
                 return Err(EngineError::Unsupported(format!(
@@ -369,7 +456,7 @@ impl NativeEngine {
             Role::Root(..) => self.sandbox_cgroup(sandbox_id),
             Role::Member(root) => root.sandbox_cgroup.child(&spec.id),
         };
-        let result = self.launch_inner(sandbox_id, spec, role);
+        let result = self.launch_inner(sandbox_id, spec, role, start);
         if result.is_err() {
             let _ = delete_container(&self.layout, &spec.id);
             cgroup.kill_all(Duration::from_secs(5));
@@ -379,7 +466,13 @@ impl NativeEngine {
         result
     }
 
-    fn launch_inner(&self, sandbox_id: &str, spec: &ContainerSpec, role: Role<'_>) -> Result<()> {
+    fn launch_inner(
+        &self,
+        sandbox_id: &str,
+        spec: &ContainerSpec,
+        role: Role<'_>,
+        start: &Start,
+    ) -> Result<()> {
         let dir = self.layout.container_dir(&spec.id);
         let overlay = OverlayDirs {
             lower: spec.rootfs.clone(),
@@ -396,6 +489,12 @@ impl NativeEngine {
         }
         for d in [&overlay.upper, &overlay.work, &overlay.merged] {
             std::fs::create_dir_all(d).map_err(|e| io(format!("creating {}", d.display()), e))?;
+        }
+        if let Start::Seed {
+            upper_archive: Some(archive),
+        } = start
+        {
+            unpack_upper(archive, &overlay.upper)?;
         }
         let _ = std::fs::remove_file(self.layout.exit(&spec.id));
         let sandbox_cgroup = match &role {
@@ -416,6 +515,7 @@ impl NativeEngine {
             keep_caps: plan::default_capabilities(),
             user: spec.user,
             cwd: Some(c(&spec.cwd)?),
+            seed: matches!(start, Start::Seed { .. }),
             ..ChildPlan::default()
         };
         let (network_kind, netns, time_offsets) = match &role {
@@ -780,7 +880,7 @@ impl Engine for NativeEngine {
         }
         let me = self.clone();
         let (id, spec) = (sandbox_id.to_owned(), spec.clone());
-        blocking(move || me.launch(&id, &spec, Role::Member(&root))).await
+        blocking(move || me.launch(&id, &spec, Role::Member(&root), &Start::Exec)).await
     }
 
     async fn state(&self, container_id: &str) -> Result<ContainerState> {
@@ -910,21 +1010,36 @@ impl Engine for NativeEngine {
 
     async fn checkpoint(
         &self,
-        _sandbox_id: &str,
-        _image_dir: &Path,
-        _leave_running: bool,
+        sandbox_id: &str,
+        image_dir: &Path,
+        leave_running: bool,
     ) -> Result<CheckpointImage> {
-        Err(EngineError::Unsupported(CHECKPOINT_UNAVAILABLE.into()))
+        let me = self.clone();
+        let (id, dir) = (sandbox_id.to_owned(), image_dir.to_path_buf());
+        blocking(move || me.checkpoint_blocking(&id, &dir, leave_running)).await
     }
 
     async fn restore(
         &self,
-        _sandbox_id: &str,
-        _root: &ContainerSpec,
-        _network: &Network,
-        _image_dir: &Path,
+        sandbox_id: &str,
+        root: &ContainerSpec,
+        network: &Network,
+        image_dir: &Path,
     ) -> Result<()> {
-        Err(EngineError::Unsupported(CHECKPOINT_UNAVAILABLE.into()))
+        if root.id != sandbox_id {
+            return Err(EngineError::Unsupported(format!(
+                "the root container's id ({}) must be the sandbox id ({sandbox_id})",
+                root.id
+            )));
+        }
+        let me = self.clone();
+        let (id, spec, network, dir) = (
+            sandbox_id.to_owned(),
+            root.clone(),
+            network.clone(),
+            image_dir.to_path_buf(),
+        );
+        blocking(move || me.restore_blocking(&id, &spec, &network, &dir)).await
     }
 
     async fn list(&self) -> Result<Vec<String>> {
