@@ -65,20 +65,54 @@ fn kill_and_reap(pid: i32) {
     }
 }
 
-/// Checkpoint (the original is killed and reaped), restore, SIGUSR1, expect "ok".
+/// Checkpoint (the original is killed and reaped), then restore it twice from the same
+/// image — lazily (memory served through a userfaultfd while it runs), then eagerly — and
+/// each time SIGUSR1 and expect "ok".
 fn cycle(mut child: Child, dir: &Path, result: &Path) -> (cr::CheckpointStats, cr::RestoreStats) {
     let pid = child.id() as i32;
     let img = dir.join("image");
     let cs = cr::checkpoint(pid, &img, &CheckpointOptions::default()).expect("checkpoint");
     let st = child.wait().unwrap();
     assert!(!st.success(), "the original was killed");
+    // The files the program made, as they were at the checkpoint: put back before the
+    // second restore (the first one's run changes them), with their modification times.
+    let files: Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && e.path() != result)
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (e.path(), std::fs::read(e.path()).unwrap(), m.modified().unwrap())
+        })
+        .collect();
+
+    let (rs, lazy) = cr::restore_lazily(&img, None, &RestoreOptions::default(), Default::default())
+        .expect("lazy restore");
+    assert_eq!(rs.pid, pid, "same PID");
+    // SAFETY: kill has no memory arguments.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let verdict = wait_result(result);
+    kill_and_reap(pid);
+    assert_eq!(verdict, "ok", "after a lazy restore");
+    lazy.wait().expect("the lazy restore ended cleanly");
+    std::fs::remove_file(result).unwrap();
+    for (path, bytes, mtime) in &files {
+        std::fs::write(path, bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(*mtime)
+            .unwrap();
+    }
+
     let rs = cr::restore(&img, &RestoreOptions::default()).expect("restore");
     assert_eq!(rs.pid, pid, "same PID");
     // SAFETY: kill has no memory arguments.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     let verdict = wait_result(result);
     kill_and_reap(pid);
-    assert_eq!(verdict, "ok");
+    assert_eq!(verdict, "ok", "after an eager restore");
     (cs, rs)
 }
 

@@ -27,7 +27,7 @@ mod sys;
 pub mod uffd;
 
 pub use checkpoint::{CheckpointOptions, CheckpointStats, checkpoint};
-pub use restore::{RestoreOptions, RestoreStats, restore};
+pub use restore::{LazyRestore, RestoreOptions, RestoreStats, restore, restore_lazily};
 
 use std::path::PathBuf;
 

@@ -38,10 +38,12 @@ use tracing::{debug, info, warn};
 use super::checkpoint::kernel_release;
 use super::files::FilePlanner;
 use super::image::{self, PAGE, PageRun, PagesFile};
+use super::lazy::{self, LazyError, LazyHandle, LazyOptions, LazyServer, LazyStats};
 use super::model::{Backing, Caps, ProcessImage, Regs, Vma, Zombie, from_hex};
 use super::procfs::{self, MapEntry};
 use super::sys::{self, Cloned, Injector, TRAMPOLINE_CODE, Wait};
 use super::{CrError, Result};
+use std::sync::Arc;
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -280,6 +282,9 @@ pub trait SeedOps {
     fn signal(&mut self, pid: i32, sig: i32) -> Result<()>;
     /// Makes the fresh process `tid` exit with `code` and forgets it.
     fn exit(&mut self, tid: i32, code: i32) -> Result<()>;
+    /// Registers `ranges` of process `pid` with a userfaultfd and starts serving `runs` (and
+    /// zeros elsewhere in the ranges) into them, on demand first and in the background.
+    fn serve_lazily(&mut self, pid: i32, ranges: &[(u64, u64)], runs: Vec<PageRun>) -> Result<()>;
     /// Writes bytes into the pipe behind fd `fd` of `pid`.
     fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
     /// Sets a resource limit of `pid`.
@@ -1198,6 +1203,58 @@ fn plan_creds(tid: i32, want: &Creds, have: &Creds, data: u64, ops: &mut Vec<Op>
 pub struct TreePages<'a> {
     /// By PID: the page index and its data.
     pub by_pid: BTreeMap<i32, (&'a [PageRun], &'a dyn PageSource)>,
+    /// By PID: the ranges whose pages are served lazily (empty: every page written before
+    /// the process runs).
+    pub lazy: BTreeMap<i32, Vec<(u64, u64)>>,
+}
+
+/// The ranges of a process that a lazy restore serves on demand: its private anonymous
+/// mappings (the kernel's userfaultfd serves missing pages of those; pages of private file
+/// mappings are written before it runs).
+pub fn lazy_ranges(img: &ProcessImage) -> Vec<(u64, u64)> {
+    img.vmas
+        .iter()
+        .filter(|v| matches!(v.backing, Backing::Anon { .. }))
+        .map(|v| (v.start, v.len()))
+        .collect()
+}
+
+/// Splits page runs into those outside `ranges` (`(start, len)`, sorted, disjoint) and those
+/// inside, cutting runs that cross a range's edge.
+pub fn split_runs(runs: &[PageRun], ranges: &[(u64, u64)]) -> (Vec<PageRun>, Vec<PageRun>) {
+    let (mut outside, mut inside) = (Vec::new(), Vec::new());
+    for r in runs {
+        let mut at = r.addr;
+        let end = r.addr + r.pages * PAGE;
+        while at < end {
+            // The range holding `at`, or the next one starting after it.
+            let holding = ranges.iter().find(|(s, l)| *s <= at && at < s + l);
+            let (piece_end, lazy) = match holding {
+                Some((s, l)) => ((s + l).min(end), true),
+                None => {
+                    let next = ranges
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .filter(|s| *s > at)
+                        .min()
+                        .unwrap_or(end);
+                    (next.min(end), false)
+                }
+            };
+            let piece = PageRun {
+                addr: at,
+                pages: (piece_end - at) / PAGE,
+                offset: r.offset + (at - r.addr),
+            };
+            if lazy {
+                inside.push(piece);
+            } else {
+                outside.push(piece);
+            }
+            at = piece_end;
+        }
+    }
+    (outside, inside)
 }
 
 /// How many times a `clone3` whose PID is still held (by a zombie about to be reaped) is
@@ -1271,8 +1328,18 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
                 let Some((runs, source)) = pages.by_pid.get(pid) else {
                     return Err(CrError::Incompatible(format!("no pages for process {pid}")));
                 };
+                let lazy = pages.lazy.get(pid).filter(|l| !l.is_empty());
+                let (eager, later) = match lazy {
+                    Some(ranges) => split_runs(runs, ranges),
+                    None => (runs.to_vec(), Vec::new()),
+                };
+                if let Some(ranges) = lazy {
+                    // Served from now on: injected calls that touch the memory (rseq's
+                    // registration writes its area) are answered too.
+                    seed.serve_lazily(*pid, ranges, later)?;
+                }
                 let mut buf = vec![0u8; 8 << 20];
-                for r in runs.iter() {
+                for r in eager.iter() {
                     let mut done = 0;
                     while done < r.pages * PAGE {
                         let len = (r.pages * PAGE - done).min(buf.len() as u64);
@@ -1323,6 +1390,25 @@ struct LiveSeeds {
     /// Host PIDs in the order the tasks were taken.
     order: Vec<i32>,
     released: bool,
+    /// Page data by process, for lazy restores.
+    sources: BTreeMap<i32, Arc<dyn PageSource + Send + Sync>>,
+    /// How lazy restores are served.
+    lazy: LazyOptions,
+    /// The running lazy restores.
+    handles: Vec<LazyHandle>,
+}
+
+impl LiveSeeds {
+    fn new(root_host: i32, lazy: LazyOptions) -> Self {
+        LiveSeeds {
+            tasks: BTreeMap::new(),
+            order: vec![root_host],
+            released: false,
+            sources: BTreeMap::new(),
+            lazy,
+            handles: Vec::new(),
+        }
+    }
 }
 
 impl LiveSeeds {
@@ -1409,6 +1495,24 @@ impl SeedOps for LiveSeeds {
             what: format!("sending signal {sig}"),
             source,
         })
+    }
+
+    fn serve_lazily(&mut self, pid: i32, ranges: &[(u64, u64)], runs: Vec<PageRun>) -> Result<()> {
+        let source = self
+            .sources
+            .get(&pid)
+            .cloned()
+            .ok_or_else(|| CrError::Incompatible(format!("no page data for process {pid}")))?;
+        let opts = self.lazy.clone();
+        let mut uffd = lazy::take_uffd(self.task(pid)?)?;
+        lazy::register_lazy(&mut uffd, ranges)?;
+        let handle =
+            LazyServer::start(uffd, runs, source, opts).map_err(|e| CrError::Unexpected {
+                pid,
+                what: format!("starting its lazy restore: {e}"),
+            })?;
+        self.handles.push(handle);
+        Ok(())
     }
 
     fn exit(&mut self, tid: i32, code: i32) -> Result<()> {
@@ -1517,6 +1621,9 @@ impl SeedOps for LiveSeeds {
             if let Err(e) = sys::detach(t.pid, 0) {
                 first.get_or_insert(e);
             }
+        }
+        for h in &self.handles {
+            h.mark_resumed();
         }
         self.released = true;
         first.map_or(Ok(()), Err)
@@ -1680,9 +1787,9 @@ fn creds_of(pid: i32) -> Result<Creds> {
 }
 
 /// Restores the process tree in `dir`, with its PIDs and TIDs, as children of this process;
-/// returns once it runs.
+/// returns once it runs, every page in place.
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
-    restore_tree(dir, opts, None)
+    restore_tree(dir, opts, None, None).map(|(s, _)| s)
 }
 
 /// Restores the process tree in `dir` into an existing seed: process `seed` (a PID of this
@@ -1691,7 +1798,50 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
 /// mount, network and other namespaces, root and cgroup become the tree's: this is how a
 /// container runtime restores a container.
 pub fn restore_into(dir: &Path, seed: i32, opts: &RestoreOptions) -> Result<RestoreStats> {
-    restore_tree(dir, opts, Some(seed))
+    restore_tree(dir, opts, Some(seed), None).map(|(s, _)| s)
+}
+
+/// [`restore`] (with `seed`: [`restore_into`]) that lets the processes run before their
+/// memory is in: the private anonymous memory of every process is served through a
+/// userfaultfd — pages the processes touch first, the rest in the background — by the
+/// returned [`LazyRestore`], which must be kept until it is complete (dropping it kills
+/// processes whose memory is not all in).
+pub fn restore_lazily(
+    dir: &Path,
+    seed: Option<i32>,
+    opts: &RestoreOptions,
+    lazy: LazyOptions,
+) -> Result<(RestoreStats, LazyRestore)> {
+    let (stats, handles) = restore_tree(dir, opts, seed, Some(lazy))?;
+    Ok((stats, LazyRestore { handles }))
+}
+
+/// The memory servers of a lazy restore, one per process.
+pub struct LazyRestore {
+    handles: Vec<LazyHandle>,
+}
+
+impl LazyRestore {
+    /// Whether every process's memory is in (or the process went away, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.handles.iter().all(LazyHandle::is_finished)
+    }
+
+    /// Waits until every process's memory is in; the statistics of each, or the first
+    /// failure (the processes of a failed server were killed).
+    pub fn wait(self) -> std::result::Result<Vec<LazyStats>, LazyError> {
+        let mut out = Vec::new();
+        let mut first = None;
+        for h in self.handles {
+            match h.wait() {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(out), Err)
+    }
 }
 
 /// Seizes the existing seed `pid` (tracing its forks and clones) and stops it.
@@ -1713,7 +1863,12 @@ fn seize_seed(pid: i32) -> Result<i32> {
     }
 }
 
-fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<RestoreStats> {
+fn restore_tree(
+    dir: &Path,
+    opts: &RestoreOptions,
+    seed: Option<i32>,
+    lazy: Option<LazyOptions>,
+) -> Result<(RestoreStats, Vec<LazyHandle>)> {
     let t0 = Instant::now();
     let (manifest, pages) = image::read_image(dir)?;
     let root_dir = match seed {
@@ -1752,11 +1907,21 @@ fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<
             seize_seed(s)?
         }
     };
-    let mut seeds = LiveSeeds {
-        tasks: BTreeMap::new(),
-        order: vec![host],
-        released: false,
-    };
+    let pages: Vec<Arc<PagesFile>> = pages.into_iter().map(Arc::new).collect();
+    let lazy_on = lazy.is_some();
+    let mut seeds = LiveSeeds::new(
+        host,
+        lazy.unwrap_or_else(|| LazyOptions {
+            start: t0,
+            ..LazyOptions::default()
+        }),
+    );
+    seeds.lazy.start = t0;
+    for (p, f) in manifest.processes.iter().zip(&pages) {
+        seeds
+            .sources
+            .insert(p.pid, f.clone() as Arc<dyn PageSource + Send + Sync>);
+    }
     let inj = Injector::new(host)?;
     inj.write(inj.code, &TRAMPOLINE_CODE)?;
     seeds.tasks.insert(root.pid, inj);
@@ -1783,8 +1948,17 @@ fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<
             .processes
             .iter()
             .zip(&pages)
-            .map(|(p, f)| (p.pid, (&p.pages.runs[..], f as &dyn PageSource)))
+            .map(|(p, f)| (p.pid, (&p.pages.runs[..], &**f as &dyn PageSource)))
             .collect(),
+        lazy: if lazy_on {
+            manifest
+                .processes
+                .iter()
+                .map(|p| (p.pid, lazy_ranges(p)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
     };
     let syscalls = execute(&plan, &tree_pages, &mut seeds)?;
     let elapsed = t0.elapsed();
@@ -1796,16 +1970,21 @@ fn restore_tree(dir: &Path, opts: &RestoreOptions, seed: Option<i32>) -> Result<
         threads,
         syscalls,
         ?elapsed,
+        lazy = lazy_on,
         "restored"
     );
-    Ok(RestoreStats {
-        pid: host,
-        processes: manifest.processes.len(),
-        threads,
-        page_bytes,
-        syscalls,
-        elapsed,
-    })
+    let handles = std::mem::take(&mut seeds.handles);
+    Ok((
+        RestoreStats {
+            pid: host,
+            processes: manifest.processes.len(),
+            threads,
+            page_bytes,
+            syscalls,
+            elapsed,
+        },
+        handles,
+    ))
 }
 
 /// The absolute stdio paths of the options (output files created).
@@ -1983,6 +2162,15 @@ mod tests {
         fn signal(&mut self, pid: i32, sig: i32) -> Result<()> {
             assert!(self.released);
             self.events.push(format!("signal {pid} {sig}"));
+            Ok(())
+        }
+        fn serve_lazily(
+            &mut self,
+            pid: i32,
+            ranges: &[(u64, u64)],
+            runs: Vec<PageRun>,
+        ) -> Result<()> {
+            self.events.push(format!("lazy {pid} {ranges:x?} {runs:?}"));
             Ok(())
         }
         fn exit(&mut self, tid: i32, code: i32) -> Result<()> {
@@ -2181,6 +2369,7 @@ mod tests {
                 .iter()
                 .map(|p| (p.pid, (&runs[..], &NoPages as &dyn PageSource)))
                 .collect(),
+            lazy: BTreeMap::new(),
         };
         let n = execute(&plan, &pages, &mut rec).unwrap();
         assert_eq!(n, rec.calls.len());
@@ -2394,6 +2583,7 @@ mod tests {
                 .iter()
                 .map(|p| (p.pid, (&runs[..], &NoPages as &dyn PageSource)))
                 .collect(),
+            lazy: BTreeMap::new(),
         };
         execute(&plan, &pages, &mut rec).unwrap();
         let at = |e: &str| rec.events.iter().position(|x| x == e).unwrap();
@@ -2501,6 +2691,7 @@ mod tests {
         let runs: [PageRun; 0] = [];
         let pages = TreePages {
             by_pid: [(100, (&runs[..], &NoPages as &dyn PageSource))].into(),
+            lazy: BTreeMap::new(),
         };
         execute(&plan, &pages, &mut rec).unwrap();
         let fds = &rec.fds[&100];
@@ -2521,6 +2712,85 @@ mod tests {
         let err =
             plan_restore(&imgs, &[], &s, &paths(["/dev/null"; 3]), &xstates(&imgs)).unwrap_err();
         assert!(err.to_string().contains("vDSO"), "{err}");
+    }
+
+    #[test]
+    fn runs_are_split_at_the_edges_of_lazy_ranges() {
+        let run = |addr: u64, pages: u64, offset: u64| PageRun {
+            addr,
+            pages,
+            offset,
+        };
+        // Pages 0x1000..0x6000 at offset 0; lazy range 0x2000..0x4000.
+        let (eager, lazy) = split_runs(&[run(0x1000, 5, 0)], &[(0x2000, 0x2000)]);
+        assert_eq!(eager, [run(0x1000, 1, 0), run(0x4000, 2, 0x3000)]);
+        assert_eq!(lazy, [run(0x2000, 2, 0x1000)]);
+        // Wholly inside, wholly outside, and no ranges at all.
+        let (eager, lazy) = split_runs(
+            &[run(0x2000, 1, 0), run(0x8000, 1, 0x1000)],
+            &[(0x2000, 0x2000)],
+        );
+        assert_eq!(
+            (eager, lazy),
+            (vec![run(0x8000, 1, 0x1000)], vec![run(0x2000, 1, 0)])
+        );
+        let (eager, lazy) = split_runs(&[run(0x2000, 3, 0)], &[]);
+        assert_eq!((eager.len(), lazy.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_lazy_restore_serves_anonymous_memory_before_rseq_touches_it() {
+        let imgs = [image(100, 0)];
+        let plan = plan_restore(
+            &imgs,
+            &[],
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&imgs),
+        )
+        .unwrap();
+        let mut rec = Recorder::with_root(100);
+        let runs = [
+            PageRun {
+                addr: 0x400000,
+                pages: 1,
+                offset: 0,
+            },
+            PageRun {
+                addr: 0x600000,
+                pages: 2,
+                offset: 0x1000,
+            },
+        ];
+        let pages = TreePages {
+            by_pid: [(100, (&runs[..], &NoPages as &dyn PageSource))].into(),
+            lazy: [(100, lazy_ranges(&imgs[0]))].into(),
+        };
+        execute(&plan, &pages, &mut rec).unwrap();
+        // Only the file mapping's changed page is written; the anonymous pages are served.
+        assert_eq!(
+            rec.writes
+                .iter()
+                .filter(|(_, a, _)| *a == 0x400000 || *a == 0x600000)
+                .collect::<Vec<_>>(),
+            [&(100, 0x400000, 4096)]
+        );
+        let lazy = rec
+            .events
+            .iter()
+            .find(|e| e.starts_with("lazy 100"))
+            .expect("served lazily");
+        assert!(
+            lazy.contains("600000") && lazy.contains("offset: 4096"),
+            "{lazy}"
+        );
+        assert!(!lazy.contains("400000"), "{lazy}");
+        let rseq = rec
+            .calls
+            .iter()
+            .position(|(_, n, a)| *n == libc::SYS_rseq && a[2] == 0)
+            .unwrap();
+        assert!(rec.calls.len() > rseq);
     }
 
     #[test]
