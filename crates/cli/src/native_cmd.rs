@@ -106,6 +106,11 @@ pub enum NativeCommand {
         /// File for standard error.
         #[arg(long)]
         stderr: Option<PathBuf>,
+        /// Let the processes run at once and bring their memory in behind them (a
+        /// userfaultfd serves the pages they touch first, the rest in the background); the
+        /// command returns once every page is in.
+        #[arg(long)]
+        lazy: bool,
     },
 }
 
@@ -140,17 +145,18 @@ pub fn run(command: NativeCommand) -> Result<()> {
             stdin,
             stdout,
             stderr,
+            lazy,
         } => {
-            // More options may come; the defaults stand for them.
-            #[allow(clippy::needless_update)]
             let options = RestoreOptions {
                 stdio: [stdin, stdout, stderr],
                 ..Default::default()
             };
             match (repo.open()?, dir) {
-                (Some((handle, name)), _) => restore_from_repo(&repo, handle, &name, &options),
+                (Some((handle, name)), _) => {
+                    restore_from_repo(&repo, handle, &name, &options, lazy)
+                }
                 (None, Some(dir)) => {
-                    restore(&dir, &dir.display().to_string(), &options)?;
+                    restore(&dir, &dir.display().to_string(), &options, lazy)?;
                     Ok(())
                 }
                 (None, None) => anyhow::bail!("give --dir DIR, or --repo REPO and --name NAME"),
@@ -188,8 +194,48 @@ fn checkpoint(pid: i32, dir: &Path, leave_running: bool) -> Result<cr::Checkpoin
     Ok(s)
 }
 
-/// Restores from `dir` (described as `from`) and says so.
-fn restore(dir: &Path, from: &str, options: &RestoreOptions) -> Result<cr::RestoreStats> {
+/// Restores from `dir` (described as `from`) and says so; lazily: says when the processes
+/// resumed, then waits until their memory is in and says how it came.
+fn restore(
+    dir: &Path,
+    from: &str,
+    options: &RestoreOptions,
+    lazy: bool,
+) -> Result<cr::RestoreStats> {
+    if lazy {
+        let (s, served) = cr::restore_lazily(dir, None, options, Default::default())
+            .with_context(|| format!("lazy restore from {from}"))?;
+        say!(
+            "restored process {} from {from} lazily: running after {:.3} s ({} processes, {} \
+             threads, {} injected syscalls); bringing in {:.1} MiB of pages",
+            s.pid,
+            s.elapsed.as_secs_f64(),
+            s.processes,
+            s.threads,
+            s.syscalls,
+            mib(s.page_bytes)
+        );
+        let stats = served
+            .wait()
+            .with_context(|| format!("lazy restore from {from}: the memory could not be served"))?;
+        for l in &stats {
+            say!(
+                "process {}: {}; {} faults served on demand (p50 {:.0} µs, p99 {:.0} µs), \
+                 {:.1} MiB on demand, {:.1} MiB in the background",
+                l.pid,
+                match l.fully_resident {
+                    Some(t) => format!("all memory in after {:.3} s", t.as_secs_f64()),
+                    None => "it ended before all its memory was in".into(),
+                },
+                l.demand_faults,
+                l.fault_p50.as_secs_f64() * 1e6,
+                l.fault_p99.as_secs_f64() * 1e6,
+                mib(l.demand_bytes),
+                mib(l.background_bytes)
+            );
+        }
+        return Ok(s);
+    }
     let s = cr::restore(dir, options).with_context(|| format!("restore from {from}"))?;
     say!(
         "restored process {} from {from}: {:.1} MiB of pages, {} injected syscalls, {:.3} s \
@@ -270,6 +316,7 @@ fn restore_from_repo(
     repo: podsnap_repo::Repository,
     name: &str,
     options: &RestoreOptions,
+    lazy: bool,
 ) -> Result<()> {
     let temp = args.temp()?;
     let rt = runtime()?;
@@ -299,7 +346,7 @@ fn restore_from_repo(
         mib_per_s(report.bytes, report.elapsed)
     );
     let t0 = Instant::now();
-    restore(temp.path(), &format!("snapshot {name}"), options)?;
+    restore(temp.path(), &format!("snapshot {name}"), options, lazy)?;
     let restored = t0.elapsed();
     drop(temp);
     say!(

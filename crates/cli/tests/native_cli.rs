@@ -79,6 +79,41 @@ fn native_checkpoint_and_restore_of_a_process() {
     let _ = Command::new("kill").args(["-KILL", &pid]).status();
     assert_eq!(verdict.trim(), "ok");
 
+    // Again, lazily: it runs at once, its memory comes behind it, and it passes its check.
+    std::fs::remove_file(&result).unwrap();
+    let out = Command::new(cargo_bin("podsnap"))
+        .args(["native", "restore", "--lazy", "--dir"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("restored process {pid} ")) && stdout.contains("lazily"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all memory in after"), "{stdout}");
+    Command::new("kill").args(["-USR1", &pid]).status().unwrap();
+    let t0 = Instant::now();
+    let verdict = loop {
+        if let Ok(s) = std::fs::read_to_string(&result)
+            && s.ends_with('\n')
+        {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no verdict after the lazy restore"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    assert_eq!(verdict.trim(), "ok");
+
     // A second restore while it may still hold the PID, or a missing image: clear errors.
     let out = Command::new(cargo_bin("podsnap"))
         .args(["native", "restore", "--dir"])
