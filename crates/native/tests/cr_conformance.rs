@@ -82,7 +82,11 @@ fn cycle(mut child: Child, dir: &Path, result: &Path) -> (cr::CheckpointStats, c
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && e.path() != result)
         .map(|e| {
             let m = e.metadata().unwrap();
-            (e.path(), std::fs::read(e.path()).unwrap(), m.modified().unwrap())
+            (
+                e.path(),
+                std::fs::read(e.path()).unwrap(),
+                m.modified().unwrap(),
+            )
         })
         .collect();
 
