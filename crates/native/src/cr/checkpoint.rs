@@ -11,9 +11,15 @@
 //! mapping (private anonymous with its present non-zero pages; private file mappings with
 //! their changed pages; the vDSO block by position only); the fds (see [`super::files`]).
 //!
+//! Shared memory (`MAP_SHARED` anonymous memory, memfds mapped shared or private, deleted
+//! tmpfs files) is one object per device and inode across the tree: its present non-zero
+//! pages are saved once, by the first process that maps it (at a staging place of its
+//! layout, see [`super::model::ShmemObject`]); shared mappings of regular files (`/dev/shm`
+//! included) are mapped again from the file, whose pages they are.
+//!
 //! Refused (an error naming the process and the resource, nothing written): seccomp, a
-//! tracer, zombies, POSIX timers, shared mappings (incl. memfd and SysV shm), mappings of
-//! deleted files, the fds [`super::files`] refuses.
+//! tracer, zombies, POSIX timers, SysV shared memory, hugetlb mappings, memfds sealed against
+//! writes, mappings of deleted files (but tmpfs), the fds [`super::files`] refuses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -26,7 +32,8 @@ use tracing::info;
 use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
 use super::model::{
-    Backing, Caps, FdKind, MmLayout, ProcessImage, SigAction, ThreadState, Vma, Zombie, to_hex,
+    Backing, Caps, FdKind, MmLayout, ProcessImage, ShmemObject, SigAction, ThreadState, Vma,
+    Zombie, to_hex,
 };
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
@@ -297,6 +304,11 @@ fn to_namespace_pids(
                 *pid = tr(*pid);
             }
         }
+        for v in &mut p.vmas {
+            if let Backing::Shmem { owner, .. } = &mut v.backing {
+                *owner = tr(*owner);
+            }
+        }
     }
     for p in processes.iter_mut() {
         let name = image::pages_file_name(p.pid);
@@ -372,19 +384,31 @@ fn dump_tree(
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
     let internal = files::internal_pipes(&pids)?;
     let mut table = files::FileTable::new(stdio_paths);
+    let mut shared = SharedObjects::default();
     let mut out = Vec::new();
     let mut bytes = 0;
     for (i, (pid, tids)) in tree.iter().enumerate() {
         let d = deferred.entry(*pid).or_default();
-        let p = dump(*pid, i == 0, tids, dir, d, &mut table, &internal)?;
+        let p = dump(
+            *pid,
+            i == 0,
+            tids,
+            dir,
+            d,
+            &mut table,
+            &internal,
+            &mut shared,
+        )?;
         bytes += p.pages.data_len;
         out.push(p);
     }
+    mark_last_mappings(&mut out);
     Ok((out, bytes))
 }
 
 /// One process, stopped; it is left as it was found (code and registers) whether this
 /// succeeds or not.
+#[allow(clippy::too_many_arguments)]
 fn dump(
     pid: i32,
     is_root: bool,
@@ -393,6 +417,7 @@ fn dump(
     deferred: &mut Vec<i32>,
     table: &mut files::FileTable,
     internal: &BTreeSet<u64>,
+    shared: &mut SharedObjects,
 ) -> Result<ProcessImage> {
     let status = procfs::read_text(pid, "status")?;
     let timers = procfs::read_text(pid, "timers").unwrap_or_default();
@@ -468,15 +493,16 @@ fn dump(
             what: "unreadable /proc/PID/smaps".into(),
         }
     })?;
-    let vmas = smaps
+    let mut vmas = smaps
         .iter()
         .filter(|m| m.path != "[vsyscall]")
-        .map(|m| vma_of(pid, m))
+        .map(|m| vma_of(pid, m, shared))
         .collect::<Result<Vec<_>>>()?;
+    let shmem = shared.stage_new(pid, &mut vmas)?;
     let fds = files::read_fds(pid, table, internal)?;
 
     let mut writer = PagesWriter::create(dir, &image::pages_file_name(pid))?;
-    dump_pages(pid, &vmas, &mut writer)?;
+    dump_pages(pid, &vmas, shared, &mut writer)?;
     let pages = writer.finish()?;
 
     let hex_caps = |k: &str| {
@@ -534,6 +560,7 @@ fn dump(
         threads,
         deferred_signals: deferred.clone(),
         pages,
+        shmem,
     })
 }
 
@@ -682,14 +709,153 @@ fn thread_queries(inj: &mut Injector, scratch: u64) -> Result<ThreadQueries> {
     })
 }
 
+/// The shared memory objects met so far in the tree, by device and inode.
+#[derive(Default)]
+struct SharedObjects {
+    by_key: BTreeMap<(u64, u64), SharedObject>,
+}
+
+/// One shared memory object met at checkpoint.
+struct SharedObject {
+    id: u64,
+    /// The first process that maps it.
+    owner: i32,
+    /// `/proc/OWNER/map_files/…` of one of the owner's mappings of it: where it is read.
+    source: String,
+    /// Its description, until the owner's image takes it.
+    object: Option<ShmemObject>,
+}
+
+/// At most this many shared memory objects per image: each is held at its own fd number
+/// (`SHMEM_FD_BASE + id`) while the processes that map it are restored.
+pub const MAX_SHMEM_OBJECTS: u64 = 256;
+
+impl SharedObjects {
+    /// The object behind mapping `m` of `pid` (a shmem file: `/proc/PID/map_files` of it):
+    /// its id and owner, registered on first sight.
+    fn object(&mut self, pid: i32, m: &MapEntry, what: &str) -> Result<(u64, i32)> {
+        let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let file = File::open(&source).map_err(|source| CrError::Proc {
+            pid,
+            what: format!("opening the object behind {what}"),
+            source,
+        })?;
+        let md = file.metadata().map_err(|source| CrError::Proc {
+            pid,
+            what: format!("stat of the object behind {what}"),
+            source,
+        })?;
+        let key = (md.dev(), md.ino());
+        if let Some(o) = self.by_key.get(&key) {
+            return Ok((o.id, o.owner));
+        }
+        let id = self.by_key.len() as u64;
+        if id >= MAX_SHMEM_OBJECTS {
+            return Err(refused(
+                pid,
+                what,
+                format!("more than {MAX_SHMEM_OBJECTS} shared memory objects in one tree"),
+            ));
+        }
+        let seals = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map(|s| s as u32)
+            .unwrap_or(libc::F_SEAL_SEAL as u32);
+        if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) as u32 != 0 {
+            return Err(refused(
+                pid,
+                what,
+                "a memfd sealed against writes (F_SEAL_WRITE/F_SEAL_FUTURE_WRITE) cannot be                  restored yet; seal it only against shrinking and growing",
+            ));
+        }
+        let shown = m
+            .path
+            .trim_end_matches(" (deleted)")
+            .trim_start_matches('/');
+        let mut name = shown.strip_prefix("memfd:").unwrap_or(shown).to_string();
+        // MFD_NAME_MAX_LEN.
+        while name.len() > 249 {
+            name.pop();
+        }
+        self.by_key.insert(
+            key,
+            SharedObject {
+                id,
+                owner: pid,
+                source,
+                object: Some(ShmemObject {
+                    id,
+                    size: md.size(),
+                    name,
+                    seals,
+                }),
+            },
+        );
+        Ok((id, pid))
+    }
+
+    /// The objects `pid` owns and met for the first time: a staging mapping each, at a place
+    /// free in `vmas` (which it joins, in address order); their descriptions.
+    fn stage_new(&mut self, pid: i32, vmas: &mut Vec<Vma>) -> Result<Vec<ShmemObject>> {
+        let mut out = Vec::new();
+        for o in self.by_key.values_mut() {
+            if o.owner != pid {
+                continue;
+            }
+            let Some(obj) = o.object.take() else {
+                continue;
+            };
+            let len = obj.size.next_multiple_of(PAGE).max(PAGE);
+            let used: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+            let at = super::restore::find_gap(&used, len, 1 << 32).ok_or_else(|| {
+                refused(
+                    pid,
+                    format!("shared memory object {}", obj.name),
+                    "no free address range as large as the object",
+                )
+            })?;
+            vmas.push(Vma {
+                start: at,
+                end: at + len,
+                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+                growsdown: false,
+                advice: Vec::new(),
+                backing: Backing::ShmemStage { id: obj.id },
+            });
+            out.push(obj);
+        }
+        vmas.sort_by_key(|v| v.start);
+        Ok(out)
+    }
+}
+
+/// Marks the last mapping (in image order) of every shared memory object.
+fn mark_last_mappings(processes: &mut [ProcessImage]) {
+    let mut seen = BTreeSet::new();
+    for p in processes.iter_mut().rev() {
+        for v in p.vmas.iter_mut().rev() {
+            if let Backing::Shmem { id, last, .. } = &mut v.backing {
+                *last = seen.insert(*id);
+            }
+        }
+    }
+}
+
 /// One mapping, or a refusal.
-fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma> {
+fn vma_of(pid: i32, m: &MapEntry, shared: &mut SharedObjects) -> Result<Vma> {
     let what = || format!("mapping {:#x}-{:#x} {} {}", m.start, m.end, m.perms, m.path);
-    if m.shared() {
+    let deleted = m.path.ends_with(" (deleted)");
+    if m.path.starts_with("/SYSV") && (deleted || m.inode == 0) {
         return Err(refused(
             pid,
             what(),
-            "shared mappings (MAP_SHARED, memfd, SysV shm) are not supported yet",
+            "SysV shared memory (shmget/shmat) is not supported; use shm_open or a memfd",
+        ));
+    }
+    if m.vm_flags.iter().any(|f| f == "ht") {
+        return Err(refused(
+            pid,
+            what(),
+            "hugetlb mappings (MAP_HUGETLB, MFD_HUGETLB, hugetlbfs) are not supported",
         ));
     }
     let advice = m
@@ -698,23 +864,38 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma> {
         .filter(|f| ["dd", "wf", "hg", "nh"].contains(&f.as_str()))
         .cloned()
         .collect();
+    let map_files = || format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let on_tmpfs = || {
+        nix::sys::statfs::statfs(map_files().as_str())
+            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    };
     let backing = match m.path.as_str() {
-        "[vvar]" | "[vvar_vclock]" | "[vdso]" => Backing::Vdso {
+        "[vvar]" | "[vvar_vclock]" | "[vdso]" if !m.shared() => Backing::Vdso {
             name: m.path.clone(),
         },
-        "" | "[heap]" | "[stack]" => Backing::Anon {
+        "" | "[heap]" | "[stack]" if !m.shared() => Backing::Anon {
             name: (!m.path.is_empty()).then(|| m.path.clone()),
         },
-        p if p.starts_with("[anon:") => Backing::Anon {
+        p if p.starts_with("[anon:") && !m.shared() => Backing::Anon {
             name: Some(p.to_string()),
         },
-        p if p.starts_with('/') && !p.ends_with(" (deleted)") && m.inode != 0 => {
-            let md = std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
-                .map_err(|source| CrError::Proc {
-                    pid,
-                    what: format!("stat of the file behind {}", what()),
-                    source,
-                })?;
+        p if p.starts_with('/') && deleted && m.inode != 0 && on_tmpfs() => {
+            // Shared anonymous memory (/dev/zero), a memfd, a deleted tmpfs file.
+            let (id, owner) = shared.object(pid, m, &what())?;
+            Backing::Shmem {
+                id,
+                owner,
+                offset: m.offset,
+                shared: m.shared(),
+                last: false,
+            }
+        }
+        p if p.starts_with('/') && !deleted && m.inode != 0 => {
+            let md = std::fs::metadata(map_files()).map_err(|source| CrError::Proc {
+                pid,
+                what: format!("stat of the file behind {}", what()),
+                source,
+            })?;
             // The path as the process sees it, from its own root.
             let by_path = std::fs::metadata(format!("/proc/{pid}/root{p}")).ok();
             if !md.is_file() || by_path.is_none_or(|b| b.ino() != md.ino() || b.dev() != md.dev()) {
@@ -724,18 +905,38 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma> {
                     "the mapped object is not the regular file at that path",
                 ));
             }
-            Backing::File {
-                path: p.to_string(),
-                offset: m.offset,
-                size: md.size(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            if m.shared() {
+                Backing::SharedFile {
+                    path: p.to_string(),
+                    offset: m.offset,
+                    size: md.size(),
+                    mtime_ns,
+                    writable: m.vm_flags.iter().any(|f| f == "mw"),
+                }
+            } else {
+                Backing::File {
+                    path: p.to_string(),
+                    offset: m.offset,
+                    size: md.size(),
+                    mtime_ns,
+                }
             }
+        }
+        p if p.starts_with('/') && deleted => {
+            return Err(refused(
+                pid,
+                what(),
+                "the mapped file was deleted (only deleted files of a tmpfs, memfds and shared \
+                 anonymous memory are saved with their contents)",
+            ));
         }
         _ => {
             return Err(refused(
                 pid,
                 what(),
-                "only anonymous memory and mappings of existing regular files are supported",
+                "only anonymous memory, shared memory (MAP_SHARED anonymous, memfd, /dev/shm) \
+                 and mappings of existing regular files are supported",
             ));
         }
     };
@@ -756,8 +957,14 @@ static ZERO_PAGE: [u8; PAGE as usize] = [0; PAGE as usize];
 
 /// Saves the pages that a restore cannot get elsewhere: present (or swapped) pages of
 /// anonymous mappings, except all-zero ones; anonymous copies (pagemap bit 61 clear) in
-/// private file mappings.
-fn dump_pages(pid: i32, vmas: &[Vma], writer: &mut PagesWriter) -> Result<()> {
+/// private file and shared memory mappings; the present non-zero pages of the shared memory
+/// objects the process owns, at their staging addresses. Shared file mappings have none.
+fn dump_pages(
+    pid: i32,
+    vmas: &[Vma],
+    shared: &SharedObjects,
+    writer: &mut PagesWriter,
+) -> Result<()> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|source| CrError::Proc {
         pid,
         what: "opening pagemap".into(),
@@ -774,8 +981,15 @@ fn dump_pages(pid: i32, vmas: &[Vma], writer: &mut PagesWriter) -> Result<()> {
     for vma in vmas {
         let anon = match vma.backing {
             Backing::Anon { .. } => true,
-            Backing::File { .. } => false,
-            Backing::Vdso { .. } => continue,
+            Backing::File { .. } | Backing::Shmem { shared: false, .. } => false,
+            Backing::Vdso { .. } | Backing::SharedFile { .. } | Backing::Shmem { .. } => continue,
+            Backing::ShmemStage { id } => {
+                let Some(o) = shared.by_key.values().find(|o| o.id == id) else {
+                    continue;
+                };
+                dump_object(pid, &o.source, vma, &mut buf, writer)?;
+                continue;
+            }
         };
         let npages = vma.len() / PAGE;
         pm.resize(npages as usize * 8, 0);
@@ -835,6 +1049,61 @@ fn dump_pages(pid: i32, vmas: &[Vma], writer: &mut PagesWriter) -> Result<()> {
             }
             i = j;
         }
+    }
+    Ok(())
+}
+
+/// The present non-zero pages of the shared memory object at `source` (a `map_files` entry),
+/// at `stage` + their offset in the object.
+fn dump_object(
+    pid: i32,
+    source: &str,
+    stage: &Vma,
+    buf: &mut [u8],
+    writer: &mut PagesWriter,
+) -> Result<()> {
+    use nix::unistd::{Whence, lseek};
+    let err = |what: &str| {
+        let what = format!("{what} of the shared memory object {source}");
+        move |source| CrError::Proc { pid, what, source }
+    };
+    let file = File::open(source).map_err(err("opening"))?;
+    let size = stage.len();
+    let mut at = 0u64;
+    while at < size {
+        // Holes (pages never written) are not saved: they read as zeros again.
+        let data = match lseek(&file, at as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(err("SEEK_DATA")(e.into())),
+        };
+        let hole = match lseek(&file, data as i64, Whence::SeekHole) {
+            Ok(h) => (h as u64).next_multiple_of(PAGE).min(size),
+            Err(e) => return Err(err("SEEK_HOLE")(e.into())),
+        };
+        let mut off = data - data % PAGE;
+        while off < hole {
+            let len = (hole - off).min(buf.len() as u64) as usize;
+            let chunk = &mut buf[..len];
+            // The object may end inside its last page: the rest reads as zeros.
+            chunk.fill(0);
+            let mut got = 0;
+            while got < len {
+                match file.read_at(&mut chunk[got..], off + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(err("reading")(e)),
+                }
+            }
+            for (k, page) in chunk.chunks(PAGE as usize).enumerate() {
+                if page != &ZERO_PAGE[..] {
+                    writer.add(stage.start + off + k as u64 * PAGE, page)?;
+                }
+            }
+            off += len as u64;
+        }
+        at = hole;
     }
     Ok(())
 }

@@ -233,6 +233,7 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
         )
     })?;
     check_tree(&mpath, &manifest.processes)?;
+    check_shmem(&mpath, &manifest.processes)?;
     for z in &manifest.zombies {
         let clash = manifest
             .processes
@@ -285,6 +286,51 @@ fn check_tree(path: &Path, processes: &[ProcessImage]) -> Result<()> {
                 path,
                 format!("process {}'s page file is named {:?}", p.pid, p.pages.file),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Shared memory objects: ids unique in the image, each with exactly one staging mapping in
+/// its owner's mappings and as large as the object; every mapping of one names the owner,
+/// which comes no later in the image.
+fn check_shmem(path: &Path, processes: &[ProcessImage]) -> Result<()> {
+    use super::model::Backing;
+    let mut owners = std::collections::BTreeMap::new();
+    for p in processes {
+        for o in &p.shmem {
+            let stages: Vec<_> = p
+                .vmas
+                .iter()
+                .filter(|v| v.backing == Backing::ShmemStage { id: o.id })
+                .collect();
+            let fits = stages.len() == 1 && stages[0].len() >= o.size;
+            if !fits || owners.insert(o.id, p.pid).is_some() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "shared memory object {} of process {} is repeated or not staged",
+                        o.id, p.pid
+                    ),
+                ));
+            }
+        }
+        for v in &p.vmas {
+            let ok = match v.backing {
+                Backing::Shmem { id, owner, .. } => owners.get(&id) == Some(&owner),
+                Backing::ShmemStage { id } => owners.get(&id) == Some(&p.pid),
+                _ => true,
+            };
+            if !ok {
+                return Err(bad(
+                    path,
+                    format!(
+                        "mapping {:#x}-{:#x} of process {} names a shared memory object its \
+                         owner does not make first",
+                        v.start, v.end, p.pid
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -60,6 +60,27 @@ pub struct ProcessImage {
     pub deferred_signals: Vec<i32>,
     /// Its page file in the image directory and the index of that file.
     pub pages: super::image::PagesInfo,
+    /// Shared memory objects this process makes again for every process that maps them
+    /// (it is the first in the image to map each).
+    #[serde(default)]
+    pub shmem: Vec<ShmemObject>,
+}
+
+/// A shared memory object (`MAP_SHARED` anonymous memory, a memfd, a deleted file of a
+/// tmpfs), saved once however many processes map it and made again once, as a memfd, by its
+/// owner (the first process of the image that maps it); the other processes take it from the
+/// owner with `pidfd_getfd`. Its saved pages are in the owner's page file, at the addresses
+/// of its [`Backing::ShmemStage`] mapping.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ShmemObject {
+    /// Its number in the image (unique in the image).
+    pub id: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The name given to `memfd_create` (what `/proc/PID/maps` shows after `/memfd:`).
+    pub name: String,
+    /// Its seals (`F_GET_SEALS`); `F_SEAL_SEAL` alone: sealing not allowed.
+    pub seals: u32,
 }
 
 /// A child process that had exited but was not reaped by its parent: made again, and made
@@ -159,6 +180,41 @@ pub enum Backing {
     Vdso {
         /// The name in maps.
         name: String,
+    },
+    /// A shared mapping of a regular file (a file of `/dev/shm` included): mapped again from
+    /// the file, whose pages are the mapping's (none are in the page file).
+    SharedFile {
+        /// The file's path.
+        path: String,
+        /// Offset in the file, in bytes.
+        offset: u64,
+        /// The file's size at checkpoint (a restore refuses a file that changed).
+        size: u64,
+        /// The file's modification time at checkpoint, in nanoseconds since the epoch.
+        mtime_ns: i64,
+        /// Whether the mapping may be written (`VM_MAYWRITE`): the file is opened read-write.
+        writable: bool,
+    },
+    /// A mapping of a shared memory object ([`ShmemObject`]), `MAP_SHARED` or `MAP_PRIVATE`
+    /// (then its changed pages, anonymous copies, are in the page file).
+    Shmem {
+        /// The object.
+        id: u64,
+        /// The process that makes the object again (has it in [`ProcessImage::shmem`]).
+        owner: i32,
+        /// Offset in the object, in bytes.
+        offset: u64,
+        /// `MAP_SHARED` (else `MAP_PRIVATE`).
+        shared: bool,
+        /// The last mapping of the object in the image: once it is mapped, the owner's
+        /// temporary fd of the object is closed.
+        last: bool,
+    },
+    /// Not a mapping of the process: the place where the owner of shared memory object `id`
+    /// maps it while its saved pages are written, unmapped before the process runs.
+    ShmemStage {
+        /// The object.
+        id: u64,
     },
 }
 

@@ -657,11 +657,24 @@ fn plan_process(
     }
     plan_vdso(img, seed, &used, ops)?;
 
-    // The saved mappings.
+    // The shared memory objects it makes, then the saved mappings.
+    let fds = free_fds(img, stdio);
+    plan_shmem_objects(img, data, fds, ops)?;
     for v in &img.vmas {
-        plan_vma(pid, v, data, ops)?;
+        plan_vma(pid, v, data, fds, ops)?;
     }
     ops.push(Op::WritePages { pid });
+    for v in &img.vmas {
+        if let Backing::ShmemStage { id } = v.backing {
+            ops.push(call(
+                pid,
+                SYS_munmap,
+                [v.start, v.len(), 0, 0, 0, 0],
+                Expect::Zero,
+                format!("munmap of shared memory object {id}'s staging mapping"),
+            ));
+        }
+    }
 
     // The mm layout and the executable.
     let mm = &img.mm;
@@ -690,7 +703,7 @@ fn plan_process(
         map.extend(w.to_ne_bytes());
     }
     map.extend((auxv.len() as u32).to_ne_bytes());
-    map.extend(0u32.to_ne_bytes()); // exe_fd: opened as fd 0 just before
+    map.extend((fds[0] as u32).to_ne_bytes()); // exe_fd: opened just before
     map.resize(128, 0);
     map.extend(&auxv);
     ops.push(call_with(
@@ -705,7 +718,7 @@ fn plan_process(
             0,
         ],
         (data, cstr(&img.exe)?),
-        Expect::Eq(0),
+        Expect::Eq(fds[0]),
         format!("open of the executable {}", img.exe),
     ));
     ops.push(call_with(
@@ -719,7 +732,7 @@ fn plan_process(
     ops.push(call(
         pid,
         SYS_close,
-        [0; 6],
+        [fds[0], 0, 0, 0, 0, 0],
         Expect::Zero,
         "close of the executable",
     ));
@@ -872,16 +885,145 @@ fn plan_vdso(
     Ok(())
 }
 
-/// One saved mapping, with its advice.
-fn plan_vma(pid: i32, v: &Vma, data: u64, ops: &mut Vec<Op>) -> Result<()> {
+/// The two lowest fds free while a process's memory is planned (the seed's are closed but
+/// the stdio it passes on): the calls there open, map and close their fds at these.
+fn free_fds(img: &ProcessImage, stdio: &Stdio) -> [u64; 2] {
+    let mut free = (0u64..).filter(|k| *k >= 3 || !stdio.keeps(img, *k as i32));
+    [free.next().expect("free"), free.next().expect("free")]
+}
+
+/// The fd at which the owner of shared memory object `id` holds it while the processes that
+/// map it are restored (closed after the last mapping of it).
+pub fn shmem_fd(id: u64) -> u64 {
+    SHMEM_FD_BASE + id
+}
+
+/// The first of the fds that hold shared memory objects during a restore: above every fd a
+/// process's memory planning uses, below the lowest common `RLIMIT_NOFILE` (1024) with
+/// [`super::checkpoint::MAX_SHMEM_OBJECTS`] objects.
+const SHMEM_FD_BASE: u64 = 700;
+
+/// The shared memory objects process `img` owns: each made as a memfd of its size, with its
+/// seals, mapped at its staging place (where [`Op::WritePages`] writes its saved pages) and
+/// held at [`shmem_fd`] for the processes that map it.
+fn plan_shmem_objects(
+    img: &ProcessImage,
+    data: u64,
+    fds: [u64; 2],
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    use libc::*;
+    let pid = img.pid;
+    for o in &img.shmem {
+        let stage = img
+            .vmas
+            .iter()
+            .find(|v| v.backing == Backing::ShmemStage { id: o.id })
+            .ok_or_else(|| {
+                CrError::Incompatible(format!(
+                    "shared memory object {} of process {pid} has no staging place",
+                    o.id
+                ))
+            })?;
+        let sealing = o.seals & !(F_SEAL_SEAL as u32) != 0 || o.seals & F_SEAL_SEAL as u32 == 0;
+        let flags = MFD_CLOEXEC | if sealing { MFD_ALLOW_SEALING } else { 0 };
+        let fd = fds[0];
+        ops.push(call_with(
+            pid,
+            SYS_memfd_create,
+            [data, flags as u64, 0, 0, 0, 0],
+            (data, cstr(&o.name)?),
+            Expect::Eq(fd),
+            format!("memfd_create of shared memory object {} ({})", o.id, o.name),
+        ));
+        ops.push(call(
+            pid,
+            SYS_ftruncate,
+            [fd, o.size, 0, 0, 0, 0],
+            Expect::Zero,
+            format!("ftruncate of shared memory object {} to {}", o.id, o.size),
+        ));
+        if sealing && o.seals != 0 {
+            ops.push(call(
+                pid,
+                SYS_fcntl,
+                [fd, F_ADD_SEALS as u64, o.seals as u64, 0, 0, 0],
+                Expect::Zero,
+                format!(
+                    "F_ADD_SEALS {:#x} of shared memory object {}",
+                    o.seals, o.id
+                ),
+            ));
+        }
+        ops.push(call(
+            pid,
+            SYS_mmap,
+            [
+                stage.start,
+                stage.len(),
+                (PROT_READ | PROT_WRITE) as u64,
+                (MAP_SHARED | MAP_FIXED) as u64,
+                fd,
+                0,
+            ],
+            Expect::Eq(stage.start),
+            format!("mmap of shared memory object {} to stage its pages", o.id),
+        ));
+        let held = shmem_fd(o.id);
+        ops.push(call(
+            pid,
+            SYS_dup3,
+            [fd, held, O_CLOEXEC as u64, 0, 0, 0],
+            Expect::Eq(held),
+            format!("dup3 of shared memory object {} to fd {held}", o.id),
+        ));
+        ops.push(call(
+            pid,
+            SYS_close,
+            [fd, 0, 0, 0, 0, 0],
+            Expect::Zero,
+            format!("close of fd {fd}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One saved mapping, with its advice; `fds`: the lowest free fds of the process.
+fn plan_vma(pid: i32, v: &Vma, data: u64, fds: [u64; 2], ops: &mut Vec<Op>) -> Result<()> {
     use libc::*;
     let len = v.len();
     let mut flags = MAP_PRIVATE | MAP_FIXED;
     if v.growsdown {
         flags |= MAP_GROWSDOWN;
     }
+    let open_and_map = |ops: &mut Vec<Op>, path: &str, write: bool, flags: i32, offset: u64| {
+        let mode = if write { O_RDWR } else { O_RDONLY };
+        ops.push(call_with(
+            pid,
+            SYS_openat,
+            [AT_FDCWD as u64, data, (mode | O_CLOEXEC) as u64, 0, 0, 0],
+            (data, cstr(path)?),
+            Expect::Eq(fds[0]),
+            format!("open of {path} to map it"),
+        ));
+        ops.push(call(
+            pid,
+            SYS_mmap,
+            [v.start, len, v.prot as u64, flags as u64, fds[0], offset],
+            Expect::Eq(v.start),
+            format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
+        ));
+        ops.push(call(
+            pid,
+            SYS_close,
+            [fds[0], 0, 0, 0, 0, 0],
+            Expect::Zero,
+            "close of the mapped file",
+        ));
+        Ok::<(), CrError>(())
+    };
     match &v.backing {
-        Backing::Vdso { .. } => return Ok(()),
+        Backing::Vdso { .. } | Backing::ShmemStage { .. } => return Ok(()),
         Backing::Anon { name } => ops.push(call(
             pid,
             SYS_mmap,
@@ -901,36 +1043,83 @@ fn plan_vma(pid: i32, v: &Vma, data: u64, ops: &mut Vec<Op>) -> Result<()> {
                 name.as_deref().unwrap_or("")
             ),
         )),
-        Backing::File { path, offset, .. } => {
-            ops.push(call_with(
-                pid,
-                SYS_openat,
-                [
-                    AT_FDCWD as u64,
-                    data,
-                    (O_RDONLY | O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-                (data, cstr(path)?),
-                Expect::Eq(0),
-                format!("open of {path} to map it"),
-            ));
+        Backing::File { path, offset, .. } => open_and_map(ops, path, false, flags, *offset)?,
+        Backing::SharedFile {
+            path,
+            offset,
+            writable,
+            ..
+        } => open_and_map(ops, path, *writable, MAP_SHARED | MAP_FIXED, *offset)?,
+        Backing::Shmem {
+            id,
+            owner,
+            offset,
+            shared,
+            last,
+        } => {
+            let held = shmem_fd(*id);
+            let mut fd = held;
+            if *owner != pid {
+                // Taken from the owner, which holds it at the same number.
+                ops.push(call(
+                    pid,
+                    SYS_pidfd_open,
+                    [*owner as u64, 0, 0, 0, 0, 0],
+                    Expect::Eq(fds[0]),
+                    format!("pidfd_open of process {owner}, owner of shared memory {id}"),
+                ));
+                ops.push(call(
+                    pid,
+                    SYS_pidfd_getfd,
+                    [fds[0], held, 0, 0, 0, 0],
+                    Expect::Eq(fds[1]),
+                    format!("pidfd_getfd of shared memory object {id} from process {owner}"),
+                ));
+                ops.push(call(
+                    pid,
+                    SYS_close,
+                    [fds[0], 0, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("close of the pidfd of process {owner}"),
+                ));
+                fd = fds[1];
+            }
+            let share = if *shared { MAP_SHARED } else { MAP_PRIVATE };
             ops.push(call(
                 pid,
                 SYS_mmap,
-                [v.start, len, v.prot as u64, flags as u64, 0, *offset],
+                [
+                    v.start,
+                    len,
+                    v.prot as u64,
+                    ((flags & !MAP_PRIVATE) | share) as u64,
+                    fd,
+                    *offset,
+                ],
                 Expect::Eq(v.start),
-                format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
+                format!(
+                    "mmap of shared memory object {id} at {:#x}-{:#x}",
+                    v.start, v.end
+                ),
             ));
-            ops.push(call(
-                pid,
-                SYS_close,
-                [0; 6],
-                Expect::Zero,
-                "close of the mapped file",
-            ));
+            if fd != held {
+                ops.push(call(
+                    pid,
+                    SYS_close,
+                    [fd, 0, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("close of shared memory object {id}"),
+                ));
+            }
+            if *last {
+                ops.push(call(
+                    *owner,
+                    SYS_close,
+                    [held, 0, 0, 0, 0, 0],
+                    Expect::Zero,
+                    format!("close of shared memory object {id}, mapped by all"),
+                ));
+            }
         }
     }
     for a in &v.advice {
@@ -1709,6 +1898,12 @@ fn check_compatible(dir: &Path, m: &image::Manifest, root: &Path) -> Result<()> 
                 size,
                 mtime_ns,
                 ..
+            }
+            | Backing::SharedFile {
+                path,
+                size,
+                mtime_ns,
+                ..
             } = &v.backing
             {
                 use std::os::unix::fs::MetadataExt;
@@ -2080,6 +2275,7 @@ mod tests {
                 libc::SYS_mremap => a[4] as i64,
                 libc::SYS_openat => self.new_fd(tid, "file"),
                 libc::SYS_eventfd2 => self.new_fd(tid, "eventfd"),
+                libc::SYS_memfd_create => self.new_fd(tid, "memfd"),
                 libc::SYS_epoll_create1 => self.new_fd(tid, "epoll"),
                 libc::SYS_pidfd_open => self.new_fd(tid, &format!("pidfd {}", a[0])),
                 libc::SYS_pipe2 => {
@@ -2328,6 +2524,7 @@ mod tests {
                 crc32: 0,
                 runs: vec![],
             },
+            shmem: vec![],
         }
     }
 
@@ -2804,5 +3001,102 @@ mod tests {
             find_gap(&[(0x10000, 0x20000)], 0x1000, 0x10000),
             Some(0x20000)
         );
+    }
+
+    /// Shared memory: the root owns one object (mapped shared and private), its child maps
+    /// it shared too, and a shared file mapping.
+    #[test]
+    fn shared_memory_is_made_once_staged_and_taken_by_every_process_that_maps_it() {
+        use crate::cr::model::ShmemObject;
+        let mut imgs = tree();
+        let shm = |owner, shared, last| Backing::Shmem {
+            id: 3,
+            owner,
+            offset: 0x1000,
+            shared,
+            last,
+        };
+        imgs[0].shmem = vec![ShmemObject {
+            id: 3,
+            size: 0x5000,
+            name: "dev/zero".into(),
+            seals: libc::F_SEAL_SEAL as u32,
+        }];
+        imgs[0]
+            .vmas
+            .insert(2, vma(0x800000, 0x804000, shm(100, true, false)));
+        imgs[0]
+            .vmas
+            .insert(3, vma(0x804000, 0x808000, shm(100, false, false)));
+        imgs[0].vmas.insert(
+            0,
+            vma(0x1_0000_0000, 0x1_0000_5000, Backing::ShmemStage { id: 3 }),
+        );
+        imgs[0].vmas.sort_by_key(|v| v.start);
+        imgs[1]
+            .vmas
+            .insert(2, vma(0x900000, 0x904000, shm(100, true, true)));
+        imgs[1].vmas.insert(
+            3,
+            vma(
+                0xa00000,
+                0xa01000,
+                Backing::SharedFile {
+                    path: "/dev/shm/x".into(),
+                    offset: 0,
+                    size: 4096,
+                    mtime_ns: 0,
+                    writable: true,
+                },
+            ),
+        );
+        let rec = run(&imgs, &paths(["/dev/null"; 3]));
+        let at = |tid: i32, nr: i64, f: &dyn Fn(&[u64; 6]) -> bool| {
+            rec.calls
+                .iter()
+                .position(|(t, n, a)| *t == tid && *n == nr && f(a))
+                .unwrap_or_else(|| panic!("no call {nr} in {tid}"))
+        };
+        let held = shmem_fd(3);
+        let create = at(100, libc::SYS_memfd_create, &|_| true);
+        let stage = at(100, libc::SYS_mmap, &|a| a[0] == 0x1_0000_0000);
+        let keep = at(100, libc::SYS_dup3, &|a| a[1] == held);
+        let shared = at(100, libc::SYS_mmap, &|a| a[0] == 0x800000);
+        let private = at(100, libc::SYS_mmap, &|a| a[0] == 0x804000);
+        let unstage = at(100, libc::SYS_munmap, &|a| a[0] == 0x1_0000_0000);
+        assert!(create < stage && stage < keep && keep < shared && shared < unstage);
+        // Sealing was not allowed: no MFD_ALLOW_SEALING, no F_ADD_SEALS.
+        assert_eq!(rec.calls[create].2[1], libc::MFD_CLOEXEC as u64);
+        assert_eq!(
+            rec.calls[at(100, libc::SYS_ftruncate, &|_| true)].2[1],
+            0x5000
+        );
+        let (_, _, s) = rec.calls[shared];
+        assert_eq!(
+            (s[3], s[4], s[5]),
+            ((libc::MAP_SHARED | libc::MAP_FIXED) as u64, held, 0x1000)
+        );
+        let (_, _, p) = rec.calls[private];
+        assert_eq!(p[3], (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64);
+        // The child takes it from the root (fd 0: the pidfd, fd 1: the object).
+        let pidfd = at(101, libc::SYS_pidfd_open, &|a| a[0] == 100);
+        let got = at(101, libc::SYS_pidfd_getfd, &|a| a[1] == held);
+        let child_map = at(101, libc::SYS_mmap, &|a| a[0] == 0x900000);
+        assert!(unstage < pidfd && pidfd < got && got < child_map);
+        assert_eq!(rec.calls[child_map].2[4], 1);
+        // Then, mapped by all, the root's fd is closed; no fd is left over.
+        let close = at(100, libc::SYS_close, &|a| a[0] == held);
+        assert!(child_map < close);
+        assert!(!rec.fds[&100].contains_key(&held));
+        // The staged pages were written between the stage mapping and its munmap.
+        let file = at(101, libc::SYS_openat, &|a| {
+            a[2] == (libc::O_RDWR | libc::O_CLOEXEC) as u64
+        });
+        let fmap = at(101, libc::SYS_mmap, &|a| a[0] == 0xa00000);
+        assert_eq!(
+            rec.calls[fmap].2[3],
+            (libc::MAP_SHARED | libc::MAP_FIXED) as u64
+        );
+        assert!(file < fmap);
     }
 }
