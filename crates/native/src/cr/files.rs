@@ -5,13 +5,21 @@
 //! `/dev/urandom`, `/dev/random`) with flags and offset; fds that share an open file with an
 //! earlier fd of the tree (`dup`, inherited across `fork`; found with `kcmp`) as references to
 //! it; unnamed pipes with their buffered bytes (both ends inside the tree, or one — the other
-//! end then reads as closed); eventfd, signalfd, timerfd and epoll instances; TCP and UDP
-//! sockets that are not connected (listening, bound), bound to the same port again; connected
-//! TCP sockets, which come back closed by their peer; standard input, output and error on a
-//! terminal, socket, a pipe that leaves the tree or a file the checkpoint names as "stdio"
-//! (given a new file by the restorer). Refused, naming the process and fd: Unix and other
-//! sockets, connected UDP sockets, FIFOs, terminals beyond stdio, other devices and anonymous
-//! inodes, deleted-but-open files.
+//! end then reads as closed); FIFOs opened by path with their bytes; deleted-but-open
+//! regular files up to 1 MiB with their contents (made again unnamed, `O_TMPFILE`);
+//! eventfd, signalfd, timerfd and epoll instances; TCP and UDP sockets that are not
+//! connected (listening, bound), bound to the same port again; established TCP connections
+//! over loopback whose other end is in the tree, in repair mode (sequence numbers, both
+//! queues, window, options); Unix sockets (see [`super::sockets`]): pairs inside the tree
+//! with the data queued both ways (made again as a `socketpair`), listening and bound ones
+//! (bound to their path — a stale socket file there is replaced — or abstract name again),
+//! with their queued datagrams; connections that leave the tree (or whose peer is gone) come
+//! back closed by their peer; standard input, output and error on a terminal, socket, a pipe
+//! that leaves the tree or a file the checkpoint names as "stdio" (given a new file by the
+//! restorer). Refused, naming the process and fd and what to do: netlink, packet and other
+//! sockets, connected UDP sockets, Unix messages carrying fds (`SCM_RIGHTS`) or larger than
+//! a page, connections waiting to be accepted, terminals beyond stdio, other devices and
+//! anonymous inodes (inotify included), larger deleted files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +28,7 @@ use tracing::debug;
 use super::model::{Fd, FdKind, from_hex, to_hex};
 use super::procfs;
 use super::restore::{Call, Expect, Op, Stdio};
+use super::sockets;
 use super::sys;
 use super::{CrError, Result};
 
@@ -51,14 +60,28 @@ fn pipe_inode(link: &str) -> Option<u64> {
     link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Pipes with a read end and a write end inside the tree (by inode): the others leave it.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Pipes with a read end and a write end inside the tree (by inode): the others leave it;
+/// and every socket of the tree (by inode; pipes and sockets take their inode numbers from
+/// one counter), to tell connections inside the tree from those that leave it.
 pub fn internal_pipes(pids: &[i32]) -> Result<BTreeSet<u64>> {
     let mut ends: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    let mut sockets = BTreeSet::new();
     for &pid in pids {
         for fd in fd_numbers(pid)? {
             let Ok(link) = procfs::read_link(pid, &format!("fd/{fd}")) else {
                 continue;
             };
+            if let Some(ino) = socket_inode(&link) {
+                sockets.insert(ino);
+                continue;
+            }
             let Some(ino) = pipe_inode(&link) else {
                 continue;
             };
@@ -71,11 +94,13 @@ pub fn internal_pipes(pids: &[i32]) -> Result<BTreeSet<u64>> {
             }
         }
     }
-    Ok(ends
+    let mut internal: BTreeSet<u64> = ends
         .into_iter()
         .filter(|(_, (r, w))| *r && *w)
         .map(|(i, _)| i)
-        .collect())
+        .collect();
+    internal.extend(sockets);
+    Ok(internal)
 }
 
 fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
@@ -92,7 +117,10 @@ fn fdinfo(pid: i32, fd: i32) -> Result<(u64, u32)> {
 pub struct FileTable {
     seen: Vec<(i32, i32, String)>,
     pipes_with_data: BTreeSet<u64>,
+    fifos_with_data: BTreeSet<u64>,
     stdio_paths: Vec<String>,
+    /// Unix sockets by inode (`sock_diag`), per network namespace (by its inode).
+    unix: BTreeMap<u64, BTreeMap<u64, sockets::UnixDiag>>,
 }
 
 impl FileTable {
@@ -259,6 +287,13 @@ fn classify(
                     watches,
                 })
             }
+            "inotify" => Err(refused(
+                pid,
+                fd,
+                link,
+                "inotify instances are not supported (their watches are not restored); \
+                 stop watching (close it) before the checkpoint",
+            )),
             _ => Err(refused(
                 pid,
                 fd,
@@ -268,7 +303,7 @@ fn classify(
         };
     }
     if link.starts_with("socket:[") {
-        return socket(pid, fd, link, flags);
+        return socket(pid, fd, link, flags, table, internal);
     }
     if link.starts_with('/') && !link.ends_with(" (deleted)") {
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
@@ -281,16 +316,36 @@ fn classify(
                 seekable: md.is_file(),
             });
         }
-        let hint = if md.file_type().is_fifo_like() {
-            "named pipes (FIFOs) are not supported yet"
-        } else {
-            "of devices only /dev/null, /dev/zero, /dev/urandom and /dev/random are supported"
-        };
-        return Err(refused(pid, fd, link, hint));
+        if md.file_type().is_fifo_like() {
+            use std::os::unix::fs::MetadataExt;
+            let (data, _) = sys::peek_pipe(pid, fd)?;
+            let inode = md.ino();
+            let data = if table.fifos_with_data.insert(inode) {
+                to_hex(&data)
+            } else {
+                String::new()
+            };
+            return Ok(FdKind::Fifo {
+                path: link.to_string(),
+                flags,
+                inode,
+                data,
+            });
+        }
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "of devices only /dev/null, /dev/zero, /dev/urandom and /dev/random are supported",
+        ));
     }
-    let hint = if link.ends_with(" (deleted)") {
-        "deleted-but-open files are not supported yet"
-    } else if link.starts_with("socket:[") {
+    if let Some(path) = link
+        .strip_suffix(" (deleted)")
+        .filter(|p| p.starts_with('/'))
+    {
+        return deleted_file(pid, fd, link, path, flags, pos);
+    }
+    let hint = if link.starts_with("socket:[") {
         "sockets are not supported yet (but as stdin, stdout or stderr)"
     } else {
         "this kind of file is not supported"
@@ -298,9 +353,69 @@ fn classify(
     Err(refused(pid, fd, link, hint))
 }
 
-/// A socket: Internet sockets that are not connected are saved; connected stream sockets
-/// come back closed; Unix sockets are refused.
-fn socket(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FdKind> {
+/// The largest deleted-but-open file whose contents a checkpoint saves.
+const MAX_DELETED_FILE: u64 = 1 << 20;
+
+/// A regular file deleted while open: its contents go into the image.
+fn deleted_file(pid: i32, fd: i32, link: &str, path: &str, flags: u32, pos: u64) -> Result<FdKind> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let proc_path = format!("/proc/{pid}/fd/{fd}");
+    let md = std::fs::metadata(&proc_path)
+        .map_err(|_| refused(pid, fd, link, "its file cannot be stat'ed"))?;
+    if !md.is_file() {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "of deleted files only regular files are supported",
+        ));
+    }
+    if md.len() > MAX_DELETED_FILE {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            &format!(
+                "the deleted file holds {} bytes; its contents are saved in the image only up \
+                 to {MAX_DELETED_FILE} bytes — close it (or keep it linked) before the checkpoint",
+                md.len()
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(md.len() as usize);
+    std::fs::File::open(&proc_path)
+        .and_then(|f| f.take(MAX_DELETED_FILE + 1).read_to_end(&mut data))
+        .map_err(|source| CrError::Proc {
+            pid,
+            what: format!("reading the deleted file at fd {fd}"),
+            source,
+        })?;
+    Ok(FdKind::DeletedFile {
+        path: path.to_string(),
+        flags,
+        pos,
+        mode: md.mode() & 0o7777,
+        data: to_hex(&data),
+    })
+}
+
+/// The largest message (datagram, seqpacket) of a receive queue that a restore can write
+/// back: the call's data page holds it and an address.
+const MAX_MESSAGE: usize = 3968;
+
+/// A socket: Internet sockets that are not connected are saved; TCP connections over
+/// loopback with both ends in the tree are kept (repair mode); Unix sockets are saved with
+/// their queues (pairs inside the tree, listening and bound ones); connections that leave
+/// the tree come back closed.
+fn socket(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: u32,
+    table: &mut FileTable,
+    internal: &BTreeSet<u64>,
+) -> Result<FdKind> {
     let sock = sys::steal_fd(pid, fd)?;
     let opt = |level, name| {
         sys::sockopt_int(&sock, level, name).map_err(|source| CrError::Proc {
@@ -312,17 +427,53 @@ fn socket(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FdKind> {
     let family = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     let sock_type = opt(libc::SOL_SOCKET, libc::SO_TYPE)?;
     let flags = flags & (libc::O_NONBLOCK | libc::O_CLOEXEC) as u32;
+    if family == libc::AF_UNIX {
+        return unix_socket(pid, fd, link, flags, &sock, table, internal);
+    }
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return Err(refused(
             pid,
             fd,
             link,
-            "of sockets only TCP and UDP ones are supported yet (not Unix or netlink sockets)",
+            "of sockets only TCP, UDP and Unix ones are supported (not netlink or packet \
+             sockets); close it before the checkpoint",
         ));
     }
     let connected = sys::sock_addr(&sock, true).is_ok();
     if connected {
         if sock_type == libc::SOCK_STREAM {
+            let local = sys::sock_addr(&sock, false).unwrap_or_default();
+            let inode = socket_inode(link).unwrap_or(0);
+            let inside = is_loopback(&local)
+                && sockets::tcp_peer_inode(pid, inode).is_some_and(|p| internal.contains(&p));
+            if inside {
+                let remote = sys::sock_addr(&sock, true).unwrap_or_default();
+                let st = sockets::tcp_repair_dump(&sock).map_err(|source| CrError::Proc {
+                    pid,
+                    what: format!("reading the TCP connection at fd {fd} in repair mode"),
+                    source,
+                })?;
+                if let Some(st) = st {
+                    return Ok(FdKind::TcpConnection {
+                        family,
+                        flags,
+                        local: to_hex(&local),
+                        remote: to_hex(&remote),
+                        send_seq: st.send_seq,
+                        recv_seq: st.recv_seq,
+                        send_queue: to_hex(&st.send_queue),
+                        unsent: st.unsent,
+                        recv_queue: to_hex(&st.recv_queue),
+                        mss: st.mss,
+                        wscale: st.wscale,
+                        sack: st.sack,
+                        timestamps: st.timestamps,
+                        timestamp: st.timestamp,
+                        window: st.window,
+                        nodelay: st.nodelay,
+                    });
+                }
+            }
             return Ok(FdKind::ClosedSocket {
                 flags,
                 was: link.to_string(),
@@ -349,6 +500,195 @@ fn socket(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FdKind> {
         reuse_addr: opt(libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0,
         reuse_port: opt(libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0,
         v6only: family == libc::AF_INET6 && opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 0,
+    })
+}
+
+/// Whether a raw `sockaddr` is a loopback address (127.0.0.0/8, `::1`, `::ffff:127.x`).
+fn is_loopback(addr: &[u8]) -> bool {
+    let family = addr
+        .get(..2)
+        .map(|f| u16::from_ne_bytes([f[0], f[1]]) as i32);
+    match family {
+        Some(libc::AF_INET) => addr.get(4) == Some(&127),
+        Some(libc::AF_INET6) if addr.len() >= 24 => {
+            let ip = &addr[8..24];
+            (ip[..15].iter().all(|b| *b == 0) && ip[15] == 1)
+                || (ip[..10].iter().all(|b| *b == 0) && ip[10..12] == [0xff, 0xff] && ip[12] == 127)
+        }
+        _ => false,
+    }
+}
+
+/// A Unix socket, from `sock_diag` of its network namespace and its peeked queue.
+fn unix_socket(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: u32,
+    sock: &std::os::fd::OwnedFd,
+    table: &mut FileTable,
+    internal: &BTreeSet<u64>,
+) -> Result<FdKind> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = socket_inode(link).unwrap_or(0);
+    let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .map_err(|source| CrError::Proc {
+            pid,
+            what: "reading its network namespace".into(),
+            source,
+        })?;
+    if let std::collections::btree_map::Entry::Vacant(e) = table.unix.entry(netns) {
+        e.insert(sockets::unix_diag(pid).map_err(|source| CrError::Proc {
+            pid,
+            what: "listing Unix sockets (sock_diag)".into(),
+            source,
+        })?);
+    }
+    let all = &table.unix[&netns];
+    let Some(d) = all.get(&inode).cloned() else {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "sock_diag does not list this Unix socket (is UNIX_DIAG built?)",
+        ));
+    };
+    let closed = || {
+        Ok(FdKind::ClosedSocket {
+            flags,
+            was: link.to_string(),
+        })
+    };
+    let stream = d.sock_type != libc::SOCK_DGRAM;
+    let listening = d.state == sockets::LISTEN;
+    if listening && !d.icons.is_empty() {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            &format!(
+                "{} connection(s) wait to be accepted on this listening Unix socket; \
+                 checkpoint again once the process has accepted them",
+                d.icons.len()
+            ),
+        ));
+    }
+    let peer = match d.peer {
+        Some(p) if internal.contains(&p) => {
+            if all.get(&p).and_then(|pd| pd.peer) != Some(inode) {
+                return Err(refused(
+                    pid,
+                    fd,
+                    link,
+                    "a datagram socket connected to a socket of the tree that is not \
+                     connected back is not supported yet; use a socketpair or sendto",
+                ));
+            }
+            Some(p)
+        }
+        Some(p) if all.values().any(|o| o.icons.contains(&p)) => {
+            return Err(refused(
+                pid,
+                fd,
+                link,
+                "its connection waits to be accepted by a listening socket; checkpoint \
+                 again once it is accepted",
+            ));
+        }
+        // Connected to a socket outside the tree, or whose peer is gone.
+        Some(_) => return closed(),
+        None if stream && d.state == sockets::ESTABLISHED => return closed(),
+        None => None,
+    };
+    let queue = if listening {
+        Vec::new()
+    } else {
+        sockets::peek_unix_queue(sock).map_err(|e| match e {
+            sockets::PeekError::Rights => refused(
+                pid,
+                fd,
+                link,
+                "a message in its queue carries file descriptors (SCM_RIGHTS); checkpoint \
+                 again once the process has received them",
+            ),
+            sockets::PeekError::Io(source) => CrError::Proc {
+                pid,
+                what: format!("peeking the queue of the Unix socket at fd {fd}"),
+                source,
+            },
+        })?
+    };
+    if (!stream || d.sock_type == libc::SOCK_SEQPACKET)
+        && let Some(m) = queue.iter().find(|m| m.len() > MAX_MESSAGE)
+    {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            &format!(
+                "a queued message of {} bytes is larger than a restore writes back \
+                     ({MAX_MESSAGE}); checkpoint again once it is read",
+                m.len()
+            ),
+        ));
+    }
+    let name = match (&peer, &d.name) {
+        (None, Some(n)) if n.first().is_some_and(|b| *b != 0) => {
+            let path = String::from_utf8_lossy(n)
+                .trim_end_matches('\0')
+                .to_string();
+            let abs = if path.starts_with('/') {
+                path.clone()
+            } else {
+                let cwd = procfs::read_link(pid, "cwd")?;
+                format!("{}/{path}", cwd.trim_end_matches('/'))
+            };
+            let here = std::fs::symlink_metadata(format!("/proc/{pid}/root{abs}"));
+            if here.map(|m| m.ino()).ok() != d.vfs_ino.map(u64::from) {
+                return Err(refused(
+                    pid,
+                    fd,
+                    link,
+                    &format!(
+                        "its socket file {abs} was removed or replaced since it was bound; \
+                         a restore could not bind it again"
+                    ),
+                ));
+            }
+            if abs.len() >= 108 {
+                return Err(refused(
+                    pid,
+                    fd,
+                    link,
+                    &format!("its path {abs} is too long to bind again (107 bytes at most)"),
+                ));
+            }
+            Some(abs.into_bytes())
+        }
+        (None, Some(n)) => Some(n.clone()),
+        _ => None,
+    };
+    if peer.is_none() && name.is_none() && !queue.is_empty() {
+        return Err(refused(
+            pid,
+            fd,
+            link,
+            "an unbound, unconnected Unix socket with queued messages cannot be refilled; \
+             checkpoint again once they are read",
+        ));
+    }
+    if peer.is_none() && name.is_none() && d.sock_type == libc::SOCK_DGRAM && d.peer.is_some() {
+        return closed();
+    }
+    Ok(FdKind::UnixSocket {
+        sock_type: d.sock_type,
+        flags,
+        inode,
+        peer,
+        name: name.map(|n| to_hex(&n)),
+        listening,
+        queue: queue.iter().map(|m| to_hex(m)).collect(),
     })
 }
 
@@ -425,7 +765,30 @@ mod planner {
         open: BTreeMap<i32, BTreeSet<i32>>,
         /// Per process: temporaries to close once every process has its fds.
         temps: BTreeMap<i32, Vec<i32>>,
+        /// Unix socket pairs made for a socket whose peer comes later: by the peer's inode.
+        unix_pairs: BTreeMap<u64, PairAt>,
+        /// FIFOs opened so far (a read-write fd of each is kept open until the end, so
+        /// that no open blocks and the bytes stay), by inode.
+        fifos: BTreeSet<u64>,
     }
+
+    /// Where a Unix socket pair was made for its first end.
+    #[derive(Clone, Copy, Debug)]
+    struct PairAt {
+        pid: i32,
+        /// The fd holding the peer's end, parked.
+        parked: i32,
+        /// The first end's fd.
+        first: i32,
+    }
+
+    /// The largest write of one injected `sendto`: the call's data page.
+    const SEND_CHUNK: usize = 4096;
+    /// `TCP_REPAIR_OPTIONS` codes.
+    const TCPOPT_MSS: u32 = 2;
+    const TCPOPT_WINDOW: u32 = 3;
+    const TCPOPT_SACK_PERM: u32 = 4;
+    const TCPOPT_TIMESTAMP: u32 = 8;
 
     fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: String) -> Op {
         Op::Syscall {
@@ -469,6 +832,8 @@ mod planner {
                 pipes: BTreeMap::new(),
                 open: BTreeMap::new(),
                 temps: BTreeMap::new(),
+                unix_pairs: BTreeMap::new(),
+                fifos: BTreeSet::new(),
             }
         }
 
@@ -518,6 +883,158 @@ mod planner {
                 self.closed(pid, from);
             }
             self.opened(pid, to);
+        }
+
+        /// Moves the just-opened `fd` of `pid` to the lowest number that is no final fd of
+        /// the process (so that no later fd clobbers it), if it is one.
+        fn park(&mut self, ops: &mut Vec<Op>, pid: i32, fd: i32, finals: &BTreeSet<i32>) -> i32 {
+            if !finals.contains(&fd) {
+                return fd;
+            }
+            let park = self.lowest_free(pid, finals);
+            ops.push(call(
+                pid,
+                libc::SYS_dup3,
+                [fd as u64, park as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+                Expect::Eq(park as u64),
+                format!("dup3 of fd {fd} to the temporary fd {park}"),
+            ));
+            ops.push(call(
+                pid,
+                libc::SYS_close,
+                [fd as u64, 0, 0, 0, 0, 0],
+                Expect::Zero,
+                format!("close of fd {fd}"),
+            ));
+            self.closed(pid, fd);
+            self.opened(pid, park);
+            park
+        }
+
+        /// `sendto` of `bytes` on `fd` of `pid` (`MSG_DONTWAIT`), in chunks of the data page
+        /// (a stream), or as one message; `to`: a destination address.
+        fn send(
+            &self,
+            ops: &mut Vec<Op>,
+            pid: i32,
+            fd: i32,
+            bytes: &[u8],
+            to: Option<&[u8]>,
+            what: &str,
+        ) {
+            let chunks: Vec<&[u8]> = if bytes.is_empty() {
+                vec![bytes]
+            } else {
+                bytes
+                    .chunks(SEND_CHUNK - to.map_or(0, |a| a.len()))
+                    .collect()
+            };
+            for c in chunks {
+                let mut blob = c.to_vec();
+                let (addr, alen) = match to {
+                    Some(a) => {
+                        blob.extend(a);
+                        (self.data + c.len() as u64, a.len() as u64)
+                    }
+                    None => (0, 0),
+                };
+                ops.push(call_with(
+                    pid,
+                    libc::SYS_sendto,
+                    [
+                        fd as u64,
+                        self.data,
+                        c.len() as u64,
+                        libc::MSG_DONTWAIT as u64,
+                        addr,
+                        alen,
+                    ],
+                    (self.data, blob),
+                    Expect::Eq(c.len() as u64),
+                    format!("sendto of {} bytes on fd {fd} ({what})", c.len()),
+                ));
+            }
+        }
+
+        /// Removes whatever non-directory is at `path` (the socket file of the checkpointed
+        /// socket, left behind), so that a socket can be bound there: a placeholder renamed
+        /// over it (which succeeds whether there is one or not), then unlinked.
+        fn replace_path(&mut self, ops: &mut Vec<Op>, pid: i32, path: &str) -> Result<()> {
+            let tmp = format!("{path}.podsnap-restore");
+            let low = self.lowest_open_slot(pid);
+            ops.push(call_with(
+                pid,
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as u64,
+                    self.data,
+                    (libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+                    0o600,
+                    0,
+                    0,
+                ],
+                (self.data, super::super::restore::cstr(&tmp)?),
+                Expect::Eq(low as u64),
+                format!("creation of the placeholder {tmp}"),
+            ));
+            ops.push(call(
+                pid,
+                libc::SYS_close,
+                [low as u64, 0, 0, 0, 0, 0],
+                Expect::Zero,
+                format!("close of the placeholder {tmp}"),
+            ));
+            let mut both = super::super::restore::cstr(&tmp)?;
+            let at = self.data + both.len() as u64;
+            both.extend(super::super::restore::cstr(path)?);
+            ops.push(call_with(
+                pid,
+                libc::SYS_renameat,
+                [
+                    libc::AT_FDCWD as u64,
+                    self.data,
+                    libc::AT_FDCWD as u64,
+                    at,
+                    0,
+                    0,
+                ],
+                (self.data, both),
+                Expect::Zero,
+                format!("rename of the placeholder over {path}"),
+            ));
+            ops.push(call_with(
+                pid,
+                libc::SYS_unlinkat,
+                [libc::AT_FDCWD as u64, at, 0, 0, 0, 0],
+                (self.data, {
+                    let mut b = super::super::restore::cstr(&tmp)?;
+                    b.extend(super::super::restore::cstr(path)?);
+                    b
+                }),
+                Expect::Zero,
+                format!("unlink of {path} before binding a socket there"),
+            ));
+            Ok(())
+        }
+
+        fn setsockopt(
+            &self,
+            ops: &mut Vec<Op>,
+            pid: i32,
+            fd: i32,
+            (level, name): (i32, i32),
+            value: Vec<u8>,
+            what: &str,
+        ) {
+            let len = value.len() as u64;
+            ops.push(call_with(
+                pid,
+                libc::SYS_setsockopt,
+                [fd as u64, level as u64, name as u64, self.data, len, 0],
+                (self.data, value),
+                Expect::Zero,
+                format!("setsockopt {what} of fd {fd}"),
+            ));
         }
 
         /// The calls that give process `pid` its fds, lowest number first.
@@ -853,6 +1370,480 @@ mod planner {
                         ));
                         self.closed(pid, b);
                         self.settle(ops, pid, a, f.fd, cloexec_of(*flags));
+                    }
+                    FdKind::UnixSocket {
+                        sock_type,
+                        flags,
+                        inode,
+                        peer,
+                        name,
+                        listening,
+                        queue,
+                    } => {
+                        let msgs = queue
+                            .iter()
+                            .map(|m| from_hex(m))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| {
+                                CrError::Incompatible(format!(
+                                    "the queue of the socket at fd {} is not hex",
+                                    f.fd
+                                ))
+                            })?;
+                        let stream = *sock_type == libc::SOCK_STREAM;
+                        let msgs = if stream { vec![msgs.concat()] } else { msgs };
+                        let msgs: Vec<Vec<u8>> = msgs
+                            .into_iter()
+                            .filter(|m| !(stream && m.is_empty()))
+                            .collect();
+                        if let Some(at) = self.unix_pairs.remove(inode) {
+                            // The other end of a pair made with an earlier socket.
+                            self.take_from(ops, pid, at.pid, at.parked, f.fd)?;
+                            set_flags(ops, pid, f.fd, *flags);
+                            for m in &msgs {
+                                self.send(ops, at.pid, at.first, m, None, "queued data");
+                            }
+                            continue;
+                        }
+                        if let Some(peer) = peer {
+                            let a = low;
+                            self.opened(pid, a);
+                            let b = self.lowest_open_slot(pid);
+                            self.opened(pid, b);
+                            ops.push(call_with(
+                                pid,
+                                libc::SYS_socketpair,
+                                [
+                                    libc::AF_UNIX as u64,
+                                    (*sock_type | libc::SOCK_CLOEXEC) as u64,
+                                    0,
+                                    data,
+                                    0,
+                                    0,
+                                ],
+                                (data, vec![0; 8]),
+                                Expect::Zero,
+                                format!("socketpair for fd {} (ends {a} and {b})", f.fd),
+                            ));
+                            for m in &msgs {
+                                self.send(ops, pid, b, m, None, "queued data");
+                            }
+                            let other = self.park(ops, pid, b, &finals);
+                            self.settle(ops, pid, a, f.fd, cloexec_of(*flags));
+                            set_flags(ops, pid, f.fd, *flags);
+                            self.temps.entry(pid).or_default().push(other);
+                            self.unix_pairs.insert(
+                                *peer,
+                                PairAt {
+                                    pid,
+                                    parked: other,
+                                    first: f.fd,
+                                },
+                            );
+                            continue;
+                        }
+                        let sock_flags = *flags as i32 & (libc::O_NONBLOCK | libc::O_CLOEXEC);
+                        ops.push(call(
+                            pid,
+                            libc::SYS_socket,
+                            [
+                                libc::AF_UNIX as u64,
+                                (*sock_type | sock_flags) as u64,
+                                0,
+                                0,
+                                0,
+                                0,
+                            ],
+                            Expect::Eq(low as u64),
+                            format!("socket for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                        let Some(name) = name else { continue };
+                        let name = from_hex(name).ok_or_else(|| {
+                            CrError::Incompatible(format!(
+                                "the name of the socket at fd {} is not hex",
+                                f.fd
+                            ))
+                        })?;
+                        if name.first().is_some_and(|b| *b != 0) {
+                            let path = String::from_utf8_lossy(&name).into_owned();
+                            self.replace_path(ops, pid, &path)?;
+                        }
+                        let mut addr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                        addr.extend(&name);
+                        if name.first().is_some_and(|b| *b != 0) {
+                            addr.push(0);
+                        }
+                        let alen = addr.len() as u64;
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_bind,
+                            [f.fd as u64, data, alen, 0, 0, 0],
+                            (data, addr.clone()),
+                            Expect::Zero,
+                            format!("bind of the Unix socket at fd {}", f.fd),
+                        ));
+                        if *listening {
+                            ops.push(call(
+                                pid,
+                                libc::SYS_listen,
+                                [f.fd as u64, LISTEN_BACKLOG, 0, 0, 0, 0],
+                                Expect::Zero,
+                                format!("listen on fd {}", f.fd),
+                            ));
+                        }
+                        if !msgs.is_empty() {
+                            // Queued datagrams, sent to its name from a temporary socket.
+                            let t = self.lowest_open_slot(pid);
+                            ops.push(call(
+                                pid,
+                                libc::SYS_socket,
+                                [
+                                    libc::AF_UNIX as u64,
+                                    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                ],
+                                Expect::Eq(t as u64),
+                                format!("socket to refill the queue of fd {}", f.fd),
+                            ));
+                            for m in &msgs {
+                                self.send(ops, pid, t, m, Some(&addr), "a queued datagram");
+                            }
+                            ops.push(call(
+                                pid,
+                                libc::SYS_close,
+                                [t as u64, 0, 0, 0, 0, 0],
+                                Expect::Zero,
+                                format!("close of the temporary socket {t}"),
+                            ));
+                        }
+                    }
+                    FdKind::TcpConnection {
+                        family,
+                        flags,
+                        local,
+                        remote,
+                        send_seq,
+                        recv_seq,
+                        send_queue,
+                        unsent,
+                        recv_queue,
+                        mss,
+                        wscale,
+                        sack,
+                        timestamps,
+                        timestamp,
+                        window,
+                        nodelay,
+                    } => {
+                        let hex = |h: &str| {
+                            from_hex(h).ok_or_else(|| {
+                                CrError::Incompatible(format!(
+                                    "the TCP connection at fd {} is not hex",
+                                    f.fd
+                                ))
+                            })
+                        };
+                        let (local, remote) = (hex(local)?, hex(remote)?);
+                        let (sendq, recvq) = (hex(send_queue)?, hex(recv_queue)?);
+                        let sent = sendq.len().saturating_sub(*unsent as usize);
+                        let sock_flags = *flags as i32 & (libc::O_NONBLOCK | libc::O_CLOEXEC);
+                        ops.push(call(
+                            pid,
+                            libc::SYS_socket,
+                            [
+                                *family as u64,
+                                (libc::SOCK_STREAM | sock_flags) as u64,
+                                libc::IPPROTO_TCP as u64,
+                                0,
+                                0,
+                                0,
+                            ],
+                            Expect::Eq(low as u64),
+                            format!("socket for the TCP connection at fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, cloexec_of(*flags));
+                        let fd = f.fd;
+                        let int = |v: i32| v.to_ne_bytes().to_vec();
+                        let tcp = |name| (libc::SOL_TCP, name);
+                        self.setsockopt(
+                            ops,
+                            pid,
+                            fd,
+                            tcp(libc::TCP_REPAIR),
+                            int(1),
+                            "TCP_REPAIR on",
+                        );
+                        for (queue, seq) in [
+                            (
+                                sockets::TCP_RECV_QUEUE,
+                                recv_seq.wrapping_sub(recvq.len() as u32),
+                            ),
+                            (
+                                sockets::TCP_SEND_QUEUE,
+                                send_seq.wrapping_sub(sendq.len() as u32),
+                            ),
+                        ] {
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(libc::TCP_REPAIR_QUEUE),
+                                int(queue),
+                                "TCP_REPAIR_QUEUE",
+                            );
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(sockets::TCP_QUEUE_SEQ),
+                                seq.to_ne_bytes().to_vec(),
+                                "TCP_QUEUE_SEQ",
+                            );
+                        }
+                        let alen = local.len() as u64;
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_bind,
+                            [fd as u64, data, alen, 0, 0, 0],
+                            (data, local),
+                            Expect::Zero,
+                            format!("bind of the TCP connection at fd {fd}"),
+                        ));
+                        let rlen = remote.len() as u64;
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_connect,
+                            [fd as u64, data, rlen, 0, 0, 0],
+                            (data, remote),
+                            Expect::Zero,
+                            format!("connect (repair mode) of the TCP connection at fd {fd}"),
+                        ));
+                        let mut opts = vec![(TCPOPT_MSS, *mss)];
+                        if let Some((snd, rcv)) = wscale {
+                            opts.push((TCPOPT_WINDOW, *snd as u32 | (*rcv as u32) << 16));
+                        }
+                        if *sack {
+                            opts.push((TCPOPT_SACK_PERM, 0));
+                        }
+                        if *timestamps {
+                            opts.push((TCPOPT_TIMESTAMP, 0));
+                        }
+                        let opts: Vec<u8> = opts
+                            .iter()
+                            .flat_map(|(c, v)| c.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+                            .collect();
+                        self.setsockopt(
+                            ops,
+                            pid,
+                            fd,
+                            tcp(libc::TCP_REPAIR_OPTIONS),
+                            opts,
+                            "TCP_REPAIR_OPTIONS",
+                        );
+                        if *timestamps {
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(sockets::TCP_TIMESTAMP),
+                                timestamp.to_ne_bytes().to_vec(),
+                                "TCP_TIMESTAMP",
+                            );
+                        }
+                        if !recvq.is_empty() {
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(libc::TCP_REPAIR_QUEUE),
+                                int(sockets::TCP_RECV_QUEUE),
+                                "TCP_REPAIR_QUEUE",
+                            );
+                            self.send(ops, pid, fd, &recvq, None, "the receive queue");
+                        }
+                        if sent > 0 {
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(libc::TCP_REPAIR_QUEUE),
+                                int(sockets::TCP_SEND_QUEUE),
+                                "TCP_REPAIR_QUEUE",
+                            );
+                            self.send(
+                                ops,
+                                pid,
+                                fd,
+                                &sendq[..sent],
+                                None,
+                                "sent, unacknowledged data",
+                            );
+                        }
+                        let win: Vec<u8> = window.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                        self.setsockopt(
+                            ops,
+                            pid,
+                            fd,
+                            tcp(sockets::TCP_REPAIR_WINDOW),
+                            win,
+                            "TCP_REPAIR_WINDOW",
+                        );
+                        self.setsockopt(
+                            ops,
+                            pid,
+                            fd,
+                            tcp(libc::TCP_REPAIR),
+                            int(0),
+                            "TCP_REPAIR off",
+                        );
+                        if sent < sendq.len() {
+                            self.send(ops, pid, fd, &sendq[sent..], None, "unsent data");
+                        }
+                        if *nodelay {
+                            self.setsockopt(
+                                ops,
+                                pid,
+                                fd,
+                                tcp(libc::TCP_NODELAY),
+                                int(1),
+                                "TCP_NODELAY",
+                            );
+                        }
+                    }
+                    FdKind::Fifo {
+                        path,
+                        flags,
+                        inode,
+                        data: bytes,
+                    } => {
+                        let cpath = super::super::restore::cstr(path)?;
+                        if self.fifos.insert(*inode) {
+                            // A read-write end first: no open of the FIFO blocks, and its
+                            // bytes stay until every process has its fds.
+                            ops.push(call_with(
+                                pid,
+                                libc::SYS_openat,
+                                [
+                                    libc::AT_FDCWD as u64,
+                                    data,
+                                    (libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                ],
+                                (data, cpath.clone()),
+                                Expect::Eq(low as u64),
+                                format!("open of the FIFO {path} (read-write, temporary)"),
+                            ));
+                            self.opened(pid, low);
+                            let t = self.park(ops, pid, low, &finals);
+                            self.temps.entry(pid).or_default().push(t);
+                            let bytes = from_hex(bytes).ok_or_else(|| {
+                                CrError::Incompatible(format!(
+                                    "the bytes of the FIFO at fd {} are not hex",
+                                    f.fd
+                                ))
+                            })?;
+                            if !bytes.is_empty() {
+                                ops.push(Op::FillPipe {
+                                    pid,
+                                    fd: t,
+                                    data: bytes,
+                                });
+                            }
+                        }
+                        let low = self.lowest_open_slot(pid);
+                        let flags = *flags as i32 & OPEN_FLAGS_KEPT;
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, data, flags as u64, 0, 0, 0],
+                            (data, cpath),
+                            Expect::Eq(low as u64),
+                            format!("open of the FIFO {path} for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        self.settle(ops, pid, low, f.fd, flags & libc::O_CLOEXEC != 0);
+                    }
+                    FdKind::DeletedFile {
+                        path,
+                        flags,
+                        pos,
+                        mode,
+                        data: bytes,
+                    } => {
+                        let dir = match path.rsplit_once('/') {
+                            Some(("", _)) => "/",
+                            Some((d, _)) => d,
+                            None => ".",
+                        };
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_openat,
+                            [
+                                libc::AT_FDCWD as u64,
+                                data,
+                                (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                                *mode as u64,
+                                0,
+                                0,
+                            ],
+                            (data, super::super::restore::cstr(dir)?),
+                            Expect::Eq(low as u64),
+                            format!("open of an unnamed file in {dir} (for the deleted {path})"),
+                        ));
+                        self.opened(pid, low);
+                        let t = self.park(ops, pid, low, &finals);
+                        let bytes = from_hex(bytes).ok_or_else(|| {
+                            CrError::Incompatible(format!(
+                                "the contents of the deleted file at fd {} are not hex",
+                                f.fd
+                            ))
+                        })?;
+                        if !bytes.is_empty() {
+                            ops.push(Op::FillPipe {
+                                pid,
+                                fd: t,
+                                data: bytes,
+                            });
+                        }
+                        // Re-opened with its own flags through /proc.
+                        let low = self.lowest_open_slot(pid);
+                        let flags = *flags as i32 & OPEN_FLAGS_KEPT & !libc::O_CREAT;
+                        let me = format!("/proc/self/fd/{t}");
+                        ops.push(call_with(
+                            pid,
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, data, flags as u64, 0, 0, 0],
+                            (data, super::super::restore::cstr(&me)?),
+                            Expect::Eq(low as u64),
+                            format!("open of the unnamed file for fd {}", f.fd),
+                        ));
+                        self.opened(pid, low);
+                        ops.push(call(
+                            pid,
+                            libc::SYS_close,
+                            [t as u64, 0, 0, 0, 0, 0],
+                            Expect::Zero,
+                            format!("close of the temporary fd {t}"),
+                        ));
+                        self.closed(pid, t);
+                        self.settle(ops, pid, low, f.fd, flags & libc::O_CLOEXEC != 0);
+                        if *pos != 0 {
+                            ops.push(call(
+                                pid,
+                                libc::SYS_lseek,
+                                [f.fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
+                                Expect::Eq(*pos),
+                                format!("lseek of fd {} to {pos}", f.fd),
+                            ));
+                        }
                     }
                     FdKind::Epoll { flags, .. } => {
                         ops.push(call(

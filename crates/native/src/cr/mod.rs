@@ -23,6 +23,7 @@ pub mod lazy;
 pub mod model;
 pub mod procfs;
 pub mod restore;
+pub mod sockets;
 mod sys;
 pub mod uffd;
 

@@ -338,6 +338,88 @@ pub enum FdKind {
         /// The watched fds: fd, events, user data.
         watches: Vec<(i32, u32, u64)>,
     },
+    /// A Unix socket (stream, datagram or seqpacket): a listening or bound one is bound to
+    /// its name again (a stale socket file at its path is replaced); one connected to a
+    /// socket of the tree is made again as a `socketpair` with its peer (names are not kept).
+    UnixSocket {
+        /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+        sock_type: i32,
+        /// `O_NONBLOCK` and `O_CLOEXEC` as open flags.
+        flags: u32,
+        /// Its inode at checkpoint.
+        inode: u64,
+        /// The inode of the socket of the tree it is connected to.
+        peer: Option<u64>,
+        /// Its name (raw `sun_path`, hex; abstract names start with `00`), when it is not
+        /// connected and bound; a path is absolute.
+        name: Option<String>,
+        /// Listening.
+        listening: bool,
+        /// The messages (stream: the bytes) in its receive queue, hex; written back through
+        /// its peer (or, for a bound datagram socket, sent to its name).
+        queue: Vec<String>,
+    },
+    /// An established TCP connection over loopback whose other end is in the tree, made
+    /// again in repair mode (`TCP_REPAIR`) with its sequence numbers, queues and options.
+    TcpConnection {
+        /// `AF_INET` or `AF_INET6`.
+        family: i32,
+        /// `O_NONBLOCK` and `O_CLOEXEC` as open flags.
+        flags: u32,
+        /// The local address (raw `sockaddr`, hex).
+        local: String,
+        /// The remote address (raw `sockaddr`, hex).
+        remote: String,
+        /// The next sequence number to send.
+        send_seq: u32,
+        /// The next sequence number expected.
+        recv_seq: u32,
+        /// The send queue (hex): sent but unacknowledged bytes, then `unsent` ones.
+        send_queue: String,
+        /// Bytes at the end of the send queue that were never sent.
+        unsent: u32,
+        /// The receive queue (hex).
+        recv_queue: String,
+        /// The MSS clamp.
+        mss: u32,
+        /// Send and receive window scale, if negotiated.
+        wscale: Option<(u8, u8)>,
+        /// SACK negotiated.
+        sack: bool,
+        /// Timestamps negotiated.
+        timestamps: bool,
+        /// The connection's timestamp clock.
+        timestamp: u32,
+        /// `TCP_REPAIR_WINDOW`: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+        window: [u32; 5],
+        /// `TCP_NODELAY`.
+        nodelay: bool,
+    },
+    /// A named pipe (FIFO) opened by path, with its buffered bytes.
+    Fifo {
+        /// The path.
+        path: String,
+        /// `open(2)` flags.
+        flags: u32,
+        /// The pipe's inode: every end of one FIFO has the same.
+        inode: u64,
+        /// Bytes in the pipe at checkpoint (hex), kept on the first end in the image.
+        data: String,
+    },
+    /// A regular file deleted while open: its contents are in the image and it is made
+    /// again as an unnamed file (`O_TMPFILE`) in the same directory.
+    DeletedFile {
+        /// The path it had (without ` (deleted)`).
+        path: String,
+        /// `open(2)` flags.
+        flags: u32,
+        /// The file offset.
+        pos: u64,
+        /// Its permission bits.
+        mode: u32,
+        /// Its contents, hex.
+        data: String,
+    },
 }
 
 /// A signal's disposition (`struct kernel_sigaction`).
