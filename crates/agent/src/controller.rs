@@ -39,6 +39,8 @@ pub(crate) struct Tracked {
     pub(crate) running: RunningPod,
     /// The PodSnapshot this Pod was restored from.
     pub(crate) restored_from: Option<String>,
+    /// How its memory came in, when it was restored lazily.
+    pub(crate) memory: Option<podsnap_engine::RestoreProgress>,
     /// The Pod completed because its snapshot policy stops it after the checkpoint.
     pub(crate) completed_by_checkpoint: bool,
     /// Bumped whenever the sandbox is replaced under the Pod (a checkpoint stops it): exits
@@ -60,6 +62,7 @@ impl Tracked {
             pod,
             running,
             restored_from: None,
+            memory: None,
             completed_by_checkpoint: false,
             generation: 0,
             started_at,
@@ -520,6 +523,20 @@ impl Controller {
                 {
                     tracing::warn!(error = %e, "could not set the restored Pod's host name");
                 }
+                if tracked.restored_from.is_some() {
+                    tracked.memory = self
+                        .runner
+                        .engine()
+                        .restore_progress(&tracked.running.sandbox_id)
+                        .await;
+                    match &tracked.memory {
+                        Some(m) if m.state == "Serving" => {
+                            self.watch_memory(key.clone(), tracked.running.sandbox_id.clone())
+                        }
+                        Some(m) => self.metrics.record_lazy_restore(m),
+                        None => {}
+                    }
+                }
                 self.pod_event(
                     "Normal",
                     "Started",
@@ -798,6 +815,37 @@ impl Controller {
         }
     }
 
+    /// Follows the memory of a lazily restored Pod until all of it is in (or its restore
+    /// failed): its `PodMemoryResident` condition and the lazy-restore metrics.
+    fn watch_memory(&self, key: PodKey, sandbox_id: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let progress = me.runner.engine().restore_progress(&sandbox_id).await;
+                let mut pods = me.pods.lock().await;
+                let Some(t) = pods.get_mut(&key) else {
+                    return;
+                };
+                if t.running.sandbox_id != sandbox_id {
+                    return;
+                }
+                let Some(p) = progress else {
+                    return;
+                };
+                if t.memory.as_ref() != Some(&p) {
+                    t.memory = Some(p.clone());
+                    me.write_status(&key.0, &key.1, t);
+                }
+                drop(pods);
+                if p.state != "Serving" {
+                    me.metrics.record_lazy_restore(&p);
+                    return;
+                }
+            }
+        });
+    }
+
     pub(crate) fn write_status(&self, namespace: &str, name: &str, tracked: &Tracked) {
         let spec = tracked.pod.spec.clone().unwrap_or_default();
         let statuses: Vec<Value> = spec
@@ -848,6 +896,9 @@ impl Controller {
                 "lastTransitionTime": tracked.started_at,
             }));
         }
+        if let Some(m) = &tracked.memory {
+            conditions.push(memory_condition(m, &tracked.started_at));
+        }
         let phase = if tracked.completed_by_checkpoint {
             "Succeeded"
         } else {
@@ -863,4 +914,38 @@ impl Controller {
         });
         let _ = self.store.set_status("Pod", namespace, name, status);
     }
+}
+
+/// The `PodMemoryResident` condition of a lazily restored Pod: False while its memory comes
+/// in, True once all of it is in (the Pod is fully restored), with the figures.
+fn memory_condition(m: &podsnap_engine::RestoreProgress, since: &str) -> serde_json::Value {
+    let message = match m.state.as_str() {
+        "Complete" => format!(
+            "all memory in {:.3} s after the restore started (running after {:.3} s); {} \
+             faults served on demand (p50 {:.0} µs, p99 {:.0} µs, {:.1} MiB), {:.1} MiB \
+             in the background",
+            m.seconds_to_resident.unwrap_or_default(),
+            m.seconds_to_resume,
+            m.demand_faults,
+            m.fault_p50_us,
+            m.fault_p99_us,
+            m.demand_bytes as f64 / (1u64 << 20) as f64,
+            m.background_bytes as f64 / (1u64 << 20) as f64
+        ),
+        "Failed" => format!(
+            "its memory could not be brought in: {}",
+            m.message.as_deref().unwrap_or("unknown")
+        ),
+        _ => format!(
+            "running after {:.3} s; memory still coming in",
+            m.seconds_to_resume
+        ),
+    };
+    json!({
+        "type": podsnap_api::POD_MEMORY_RESIDENT_CONDITION,
+        "status": if m.state == "Complete" { "True" } else { "False" },
+        "reason": m.state,
+        "message": message,
+        "lastTransitionTime": since,
+    })
 }

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Pods started cold although a policy governs them, by reason.
     pub cold_starts: Family<Outcome, Counter>,
+    /// Lazy restores that ended, by outcome (`complete`, `failed`).
+    pub lazy_restores: Family<Outcome, Counter>,
+    /// Seconds from the start of a lazy restore until the Pod ran.
+    pub lazy_resume_seconds: Histogram,
+    /// Seconds from the start of a lazy restore until all its memory was in.
+    pub lazy_resident_seconds: Histogram,
+    /// Page faults served on demand during lazy restores.
+    pub lazy_demand_faults: Counter,
+    /// 99th percentile of a lazy restore's fault service time, in seconds (per restore).
+    pub lazy_fault_p99_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -48,6 +58,36 @@ impl Default for Metrics {
         let restore_images = Family::<Outcome, Counter>::default();
         let restore_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         let cold_starts = Family::<Outcome, Counter>::default();
+        let lazy_restores = Family::<Outcome, Counter>::default();
+        let lazy_resume_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        let lazy_resident_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        let lazy_demand_faults = Counter::default();
+        let lazy_fault_p99_seconds = Histogram::new(exponential_buckets(0.000_005, 2.0, 14));
+        registry.register(
+            "lazy_restores",
+            "Lazy restores that ended, by outcome",
+            lazy_restores.clone(),
+        );
+        registry.register(
+            "lazy_restore_resume_seconds",
+            "Time from the start of a lazy restore until the Pod ran",
+            lazy_resume_seconds.clone(),
+        );
+        registry.register(
+            "lazy_restore_resident_seconds",
+            "Time from the start of a lazy restore until all its memory was in",
+            lazy_resident_seconds.clone(),
+        );
+        registry.register(
+            "lazy_restore_demand_faults",
+            "Page faults served on demand during lazy restores",
+            lazy_demand_faults.clone(),
+        );
+        registry.register(
+            "lazy_restore_fault_p99_seconds",
+            "99th percentile of each lazy restore's fault service time",
+            lazy_fault_p99_seconds.clone(),
+        );
         registry.register(
             "checkpoints",
             "Checkpoints taken, by outcome",
@@ -98,11 +138,27 @@ impl Default for Metrics {
             restore_images,
             restore_seconds,
             cold_starts,
+            lazy_restores,
+            lazy_resume_seconds,
+            lazy_resident_seconds,
+            lazy_demand_faults,
+            lazy_fault_p99_seconds,
         }
     }
 }
 
 impl Metrics {
+    /// Records a lazy restore that ended.
+    pub fn record_lazy_restore(&self, p: &podsnap_engine::RestoreProgress) {
+        Self::count(&self.lazy_restores, &p.state.to_ascii_lowercase());
+        self.lazy_resume_seconds.observe(p.seconds_to_resume);
+        if let Some(s) = p.seconds_to_resident {
+            self.lazy_resident_seconds.observe(s);
+        }
+        self.lazy_demand_faults.inc_by(p.demand_faults);
+        self.lazy_fault_p99_seconds.observe(p.fault_p99_us / 1e6);
+    }
+
     /// Counts one event of `family` with `outcome`.
     pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
         family

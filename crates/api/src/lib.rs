@@ -51,6 +51,9 @@ pub const ORIGIN_POD_ANNOTATION: &str = "podsnap.dev/origin-pod";
 pub const TRIGGERED_BY_LABEL: &str = "podsnap.dev/triggered-by";
 /// Pod condition type set on a Pod restored from a snapshot.
 pub const POD_RESTORED_CONDITION: &str = "PodRestored";
+/// Pod condition type of a Pod restored lazily: `True` once all its memory is in (the Pod is
+/// fully restored), `False` while it still comes in or if it could not.
+pub const POD_MEMORY_RESIDENT_CONDITION: &str = "PodMemoryResident";
 
 /// The CustomResourceDefinitions of the four kinds, in the order to apply them.
 pub fn crds()

@@ -195,6 +195,25 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
             .await
             .unwrap()
     );
+    // Restored lazily: once all its memory is in, the Pod says so with the figures.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pod(&client, "replica").await;
+        let resident = condition_of(&p, "PodMemoryResident");
+        if resident["status"] == "True" {
+            assert_eq!(resident["reason"], "Complete", "{p}");
+            assert!(
+                resident["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("all memory in") && m.contains("faults")),
+                "{resident}"
+            );
+            break;
+        }
+        assert_ne!(resident["reason"], "Failed", "{p}");
+        assert!(Instant::now() < deadline, "the memory never came in: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Its counter goes on from the snapshot; its file system has the origin's changes.
     assert!(count(&client, "replica").await >= before);
     let out = client
@@ -210,5 +229,14 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
         list_containers(&dir.path().join("native")).len(),
         2,
         "origin and replica run natively"
+    );
+    let metrics = client
+        .request(Method::GET, "/metrics", None, "text/plain")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("podsnap_lazy_restores_total{outcome=\"complete\"} 1"),
+        "{metrics}"
     );
 }

@@ -137,6 +137,31 @@ pub struct CheckpointImage {
     pub files: Vec<(String, u64)>,
 }
 
+/// The state of a lazy restore: the sandbox runs while its memory comes in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreProgress {
+    /// `Serving` (memory still coming in), `Complete` (all of it in) or `Failed` (the
+    /// sandbox's processes were killed; `message` says why).
+    pub state: String,
+    /// Seconds from the start of the restore until the processes ran.
+    pub seconds_to_resume: f64,
+    /// Seconds from the start of the restore until all memory was in, once it is.
+    pub seconds_to_resident: Option<f64>,
+    /// Page faults served on demand.
+    pub demand_faults: u64,
+    /// Median and 99th percentile of their service time, in microseconds.
+    pub fault_p50_us: f64,
+    /// 99th percentile.
+    pub fault_p99_us: f64,
+    /// Bytes brought in for faults.
+    pub demand_bytes: u64,
+    /// Bytes brought in ahead of the processes.
+    pub background_bytes: u64,
+    /// Why it failed.
+    pub message: Option<String>,
+}
+
 /// Errors of an engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -251,6 +276,12 @@ pub trait Engine: Send + Sync {
 
     /// Ids of every container the engine knows on this node (for cleanup after a crash).
     async fn list(&self) -> Result<Vec<String>>;
+
+    /// How the memory of a sandbox restored lazily is coming in (`None`: not restored
+    /// lazily by this engine, or not known).
+    async fn restore_progress(&self, _sandbox_id: &str) -> Option<RestoreProgress> {
+        None
+    }
 
     /// Whether a sandbox runs with the engine's own network stack inside the fresh network
     /// namespace `netns` ([`Network::Netstack`]); `rootfs` holds a static busybox at

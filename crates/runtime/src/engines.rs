@@ -286,6 +286,13 @@ impl Engine for Engines {
         Ok(ids)
     }
 
+    async fn restore_progress(&self, sandbox_id: &str) -> Option<podsnap_engine::RestoreProgress> {
+        self.engine_of(sandbox_id)
+            .await
+            .restore_progress(sandbox_id)
+            .await
+    }
+
     async fn probe_netstack(&self, netns: &Path, rootfs: &Path) -> bool {
         match self.get(&self.default) {
             Some(e) => e.probe_netstack(netns, rootfs).await,

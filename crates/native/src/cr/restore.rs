@@ -1984,7 +1984,7 @@ fn creds_of(pid: i32) -> Result<Creds> {
 /// Restores the process tree in `dir`, with its PIDs and TIDs, as children of this process;
 /// returns once it runs, every page in place.
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
-    restore_tree(dir, opts, None, None).map(|(s, _)| s)
+    restore_tree(dir, opts, None, None).map(|(s, ..)| s)
 }
 
 /// Restores the process tree in `dir` into an existing seed: process `seed` (a PID of this
@@ -1993,27 +1993,96 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
 /// mount, network and other namespaces, root and cgroup become the tree's: this is how a
 /// container runtime restores a container.
 pub fn restore_into(dir: &Path, seed: i32, opts: &RestoreOptions) -> Result<RestoreStats> {
-    restore_tree(dir, opts, Some(seed), None).map(|(s, _)| s)
+    restore_tree(dir, opts, Some(seed), None).map(|(s, ..)| s)
 }
 
 /// [`restore`] (with `seed`: [`restore_into`]) that lets the processes run before their
 /// memory is in: the private anonymous memory of every process is served through a
 /// userfaultfd — pages the processes touch first, the rest in the background — by the
 /// returned [`LazyRestore`], which must be kept until it is complete (dropping it kills
-/// processes whose memory is not all in).
+/// processes whose memory is not all in). Until then each process is also traced, with
+/// `PTRACE_O_EXITKILL`, by a keeper thread of this process: should the restorer die, its
+/// processes die with it instead of reading zeros where their memory was to come.
 pub fn restore_lazily(
     dir: &Path,
     seed: Option<i32>,
     opts: &RestoreOptions,
     lazy: LazyOptions,
 ) -> Result<(RestoreStats, LazyRestore)> {
-    let (stats, handles) = restore_tree(dir, opts, seed, Some(lazy))?;
-    Ok((stats, LazyRestore { handles }))
+    let (stats, handles, processes) = restore_tree(dir, opts, seed, Some(lazy))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("lazy-keeper".into())
+            .spawn(move || keep(&processes, &stop))
+            .map_err(|source| CrError::Proc {
+                pid: stats.pid,
+                what: "starting the lazy restore's keeper thread".into(),
+                source,
+            })?
+    };
+    Ok((
+        stats,
+        LazyRestore {
+            handles,
+            stop,
+            keeper: Some(keeper),
+        },
+    ))
 }
 
-/// The memory servers of a lazy restore, one per process.
+/// Traces `pids` with `PTRACE_O_EXITKILL` until `stop`, passing on every signal they get,
+/// then lets them go.
+fn keep(pids: &[i32], stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let mut alive: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| sys::seize_with(p, libc::PTRACE_O_EXITKILL).is_ok())
+        .collect();
+    let pass_on = |pid: i32, w: Wait| -> bool {
+        match w {
+            Wait::Stopped(sig, 0) => sys::cont(pid, sig).is_ok(),
+            Wait::Stopped(..) => sys::cont(pid, 0).is_ok(),
+            Wait::Exited(_) | Wait::Signaled(_) => false,
+        }
+    };
+    while !stop.load(Ordering::Acquire) && !alive.is_empty() {
+        alive.retain(|&p| match sys::try_wait(p) {
+            Ok(Some(w)) => pass_on(p, w),
+            Ok(None) => true,
+            Err(_) => false,
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for p in alive {
+        if sys::interrupt(p).is_err() {
+            continue;
+        }
+        loop {
+            match sys::wait(p) {
+                Ok(Wait::Stopped(_, ev)) if ev == libc::PTRACE_EVENT_STOP => {
+                    let _ = sys::detach(p, 0);
+                    break;
+                }
+                Ok(w @ Wait::Stopped(..)) => {
+                    if !pass_on(p, w) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// The memory servers of a lazy restore, one per process, and the keeper that ties the
+/// processes' lives to this one's until their memory is in.
 pub struct LazyRestore {
     handles: Vec<LazyHandle>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LazyRestore {
@@ -2023,11 +2092,11 @@ impl LazyRestore {
     }
 
     /// Waits until every process's memory is in; the statistics of each, or the first
-    /// failure (the processes of a failed server were killed).
-    pub fn wait(self) -> std::result::Result<Vec<LazyStats>, LazyError> {
+    /// failure (the processes of a failed server were killed). The processes are let go.
+    pub fn wait(mut self) -> std::result::Result<Vec<LazyStats>, LazyError> {
         let mut out = Vec::new();
         let mut first = None;
-        for h in self.handles {
+        for h in std::mem::take(&mut self.handles) {
             match h.wait() {
                 Ok(s) => out.push(s),
                 Err(e) => {
@@ -2035,7 +2104,23 @@ impl LazyRestore {
                 }
             }
         }
+        self.release_keeper();
         first.map_or(Ok(out), Err)
+    }
+
+    fn release_keeper(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+impl Drop for LazyRestore {
+    fn drop(&mut self) {
+        // The handles kill unfinished processes as they drop; then the keeper lets go.
+        self.handles.clear();
+        self.release_keeper();
     }
 }
 
@@ -2063,7 +2148,7 @@ fn restore_tree(
     opts: &RestoreOptions,
     seed: Option<i32>,
     lazy: Option<LazyOptions>,
-) -> Result<(RestoreStats, Vec<LazyHandle>)> {
+) -> Result<(RestoreStats, Vec<LazyHandle>, Vec<i32>)> {
     let t0 = Instant::now();
     let (manifest, pages) = image::read_image(dir)?;
     let root_dir = match seed {
@@ -2169,6 +2254,11 @@ fn restore_tree(
         "restored"
     );
     let handles = std::mem::take(&mut seeds.handles);
+    let processes = manifest
+        .processes
+        .iter()
+        .filter_map(|p| seeds.tasks.get(&p.pid).map(|t| t.pid))
+        .collect();
     Ok((
         RestoreStats {
             pid: host,
@@ -2179,6 +2269,7 @@ fn restore_tree(
             elapsed,
         },
         handles,
+        processes,
     ))
 }
 

@@ -723,3 +723,27 @@ pub fn sock_addr(fd: &std::os::fd::OwnedFd, peer: bool) -> io::Result<Vec<u8>> {
     let bytes = unsafe { std::slice::from_raw_parts((&raw const ss).cast::<u8>(), len as usize) };
     Ok(bytes.to_vec())
 }
+
+/// `waitpid(pid, WNOHANG | __WALL)`: a state change of the tracee, if there is one.
+pub fn try_wait(pid: i32) -> Result<Option<Wait>> {
+    let mut status = 0;
+    // SAFETY: `status` is a live i32 the kernel writes.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+    if r == -1 {
+        return Err(CrError::Ptrace {
+            pid,
+            op: "waitpid",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFSTOPPED(status) {
+        Wait::Stopped(libc::WSTOPSIG(status), status >> 16)
+    } else if libc::WIFEXITED(status) {
+        Wait::Exited(libc::WEXITSTATUS(status))
+    } else {
+        Wait::Signaled(libc::WTERMSIG(status))
+    }))
+}

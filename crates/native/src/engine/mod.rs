@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use podsnap_engine::{
     CheckpointImage, ContainerSpec, ContainerState, Engine, EngineDescription, EngineError,
-    ExecOutput, Network, Result, Status,
+    ExecOutput, Network, RestoreProgress, Result, Status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,15 +39,19 @@ pub struct NativeConfig {
     pub cgroup_root: PathBuf,
     /// The cgroup (below the v2 mount or the v1 freezer) that holds every sandbox's cgroup.
     pub cgroup_parent: String,
+    /// Restore lazily: a restored sandbox runs at once and its memory comes in behind it
+    /// (else every page is in before it runs).
+    pub lazy_restore: bool,
 }
 
 impl NativeConfig {
-    /// Defaults: cgroups under `/sys/fs/cgroup/…/podsnap`.
+    /// Defaults: cgroups under `/sys/fs/cgroup/…/podsnap`, lazy restores.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Self {
             state_dir: state_dir.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "podsnap".into(),
+            lazy_restore: true,
         }
     }
 }
@@ -242,6 +246,9 @@ pub struct NativeEngine {
     cgroup_kind: CgroupKind,
     cgroup_base: PathBuf,
     kernel: String,
+    lazy_restore: bool,
+    /// Lazy restores of this agent's life, by sandbox.
+    progress: snapshot::Progress,
 }
 
 impl NativeEngine {
@@ -281,6 +288,8 @@ impl NativeEngine {
             cgroup_kind,
             cgroup_base,
             kernel,
+            lazy_restore: config.lazy_restore,
+            progress: Default::default(),
         })
     }
 
@@ -414,7 +423,8 @@ impl NativeEngine {
         };
         self.launch(sandbox_id, spec, Role::Root(network, offsets), &start)?;
         let record = self.record(sandbox_id)?;
-        match snapshot::restore_into(&record, image_dir) {
+        let lazy = self.lazy_restore.then_some(&self.progress);
+        match snapshot::restore_into(&record, image_dir, lazy) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = delete_container(&self.layout, sandbox_id);
@@ -1044,6 +1054,10 @@ impl Engine for NativeEngine {
 
     async fn list(&self) -> Result<Vec<String>> {
         Ok(self.layout.ids())
+    }
+
+    async fn restore_progress(&self, sandbox_id: &str) -> Option<RestoreProgress> {
+        self.progress.get(sandbox_id)
     }
 }
 

@@ -16,7 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use podsnap_engine::{CheckpointImage, EngineError, Result};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use podsnap_engine::{CheckpointImage, EngineError, RestoreProgress, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Record, io};
@@ -242,23 +245,111 @@ pub fn read_sandbox_image(image_dir: &Path) -> Result<SandboxImage> {
     Ok(meta)
 }
 
-/// Restores the image's process tree into the seed that is `record`'s first process.
-pub fn restore_into(record: &Record, image_dir: &Path) -> Result<()> {
+/// The progress of the lazy restores of an engine, by sandbox.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<Mutex<BTreeMap<String, RestoreProgress>>>);
+
+impl Progress {
+    /// The progress of sandbox `id`'s restore, if it was restored lazily.
+    pub fn get(&self, id: &str) -> Option<RestoreProgress> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn set(&self, id: &str, p: RestoreProgress) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), p);
+    }
+}
+
+/// Restores the image's process tree into the seed that is `record`'s first process; with
+/// `lazy`, returns as soon as the processes run and records in it how their memory comes in
+/// (a thread waits for the end).
+pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) -> Result<()> {
     let opts = RestoreOptions {
         inherit_stdio: true,
         ..Default::default()
     };
-    let stats = cr::restore::restore_into(&image_dir.join(PROCESSES_DIR), record.pid as i32, &opts)
-        .map_err(|e| cr_error(&format!("restore of sandbox {}", record.sandbox), e))?;
+    let dir = image_dir.join(PROCESSES_DIR);
+    let what = format!("restore of sandbox {}", record.sandbox);
+    let Some(progress) = lazy else {
+        let stats = cr::restore::restore_into(&dir, record.pid as i32, &opts)
+            .map_err(|e| cr_error(&what, e))?;
+        tracing::info!(
+            sandbox = %record.sandbox,
+            processes = stats.processes,
+            threads = stats.threads,
+            page_bytes = stats.page_bytes,
+            syscalls = stats.syscalls,
+            elapsed = ?stats.elapsed,
+            "native sandbox restored"
+        );
+        return Ok(());
+    };
+    let (stats, served) =
+        cr::restore_lazily(&dir, Some(record.pid as i32), &opts, Default::default())
+            .map_err(|e| cr_error(&what, e))?;
+    let resumed = stats.elapsed.as_secs_f64();
     tracing::info!(
         sandbox = %record.sandbox,
         processes = stats.processes,
         threads = stats.threads,
         page_bytes = stats.page_bytes,
-        syscalls = stats.syscalls,
-        elapsed = ?stats.elapsed,
-        "native sandbox restored"
+        resumed_after = resumed,
+        "native sandbox restored lazily: running, its memory coming in"
     );
+    let sandbox = record.sandbox.clone();
+    let mut state = RestoreProgress {
+        state: "Serving".into(),
+        seconds_to_resume: resumed,
+        seconds_to_resident: None,
+        demand_faults: 0,
+        fault_p50_us: 0.0,
+        fault_p99_us: 0.0,
+        demand_bytes: 0,
+        background_bytes: 0,
+        message: None,
+    };
+    progress.set(&sandbox, state.clone());
+    let progress = progress.clone();
+    std::thread::Builder::new()
+        .name("lazy-restore".into())
+        .spawn(move || {
+            match served.wait() {
+                Ok(all) => {
+                    state.state = "Complete".into();
+                    state.seconds_to_resident = all
+                        .iter()
+                        .filter_map(|s| s.fully_resident)
+                        .max()
+                        .map(|d| d.as_secs_f64());
+                    state.demand_faults = all.iter().map(|s| s.demand_faults).sum();
+                    state.demand_bytes = all.iter().map(|s| s.demand_bytes).sum();
+                    state.background_bytes = all.iter().map(|s| s.background_bytes).sum();
+                    state.fault_p50_us = all
+                        .iter()
+                        .map(|s| s.fault_p50.as_secs_f64() * 1e6)
+                        .fold(0.0, f64::max);
+                    state.fault_p99_us = all
+                        .iter()
+                        .map(|s| s.fault_p99.as_secs_f64() * 1e6)
+                        .fold(0.0, f64::max);
+                    tracing::info!(%sandbox, ?state, "lazy restore complete");
+                }
+                Err(e) => {
+                    state.state = "Failed".into();
+                    state.message = Some(e.to_string());
+                    tracing::error!(%sandbox, error = %e, "lazy restore failed: the sandbox was killed");
+                }
+            }
+            progress.set(&sandbox, state);
+        })
+        .map_err(|e| io("starting the lazy restore's waiter", e))?;
     Ok(())
 }
 
