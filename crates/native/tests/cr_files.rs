@@ -137,3 +137,17 @@ fn unix_socket_pairs_listeners_and_queues_come_back() {
         cs.frozen, rs.elapsed, rs.syscalls
     );
 }
+
+#[test]
+fn tcp_connections_inside_the_tree_keep_their_data_and_flow() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("tcp_conn", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
+    let (cs, rs) = cycle(child, dir.path(), &result);
+    eprintln!(
+        "tcp: checkpoint {:?} frozen; restore {:?}, {} syscalls",
+        cs.frozen, rs.elapsed, rs.syscalls
+    );
+}

@@ -67,6 +67,11 @@ fn kill_and_reap(pid: i32) {
     }
 }
 
+/// [`cycle_keeping`] with no file outside `dir`.
+fn cycle(child: Child, dir: &Path, result: &Path) -> (cr::CheckpointStats, cr::RestoreStats) {
+    cycle_keeping(child, dir, result, &[])
+}
+
 /// Checkpoint (the original is killed and reaped), then restore it twice from the same
 /// image — lazily, then eagerly — and each time SIGUSR1 and expect "ok"; the files of `dir`
 /// and `extra` are put back as they were at the checkpoint before the second restore.
@@ -170,4 +175,14 @@ fn sysv_shared_memory_is_refused_naming_it_and_the_process_runs_on() {
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     assert_eq!(wait_result(&result), "ok");
     child.wait().unwrap();
+}
+
+#[test]
+fn posix_timers_keep_their_ids_times_and_signals() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("timers", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
+    cycle(child, dir.path(), &result);
 }

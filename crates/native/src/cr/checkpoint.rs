@@ -18,7 +18,7 @@
 //! included) are mapped again from the file, whose pages they are.
 //!
 //! Refused (an error naming the process and the resource, nothing written): seccomp, a
-//! tracer, zombies, POSIX timers, SysV shared memory, hugetlb mappings, memfds sealed against
+//! tracer, zombies, POSIX timers with `SIGEV_THREAD`, SysV shared memory, hugetlb mappings, memfds sealed against
 //! writes, mappings of deleted files (but tmpfs), the fds [`super::files`] refuses.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +32,8 @@ use tracing::info;
 use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
 use super::model::{
-    Backing, Caps, FdKind, MmLayout, ProcessImage, ShmemObject, SigAction, ThreadState, Vma,
-    Zombie, to_hex,
+    Backing, Caps, FdKind, MmLayout, PosixTimer, ProcessImage, ShmemObject, SigAction, ThreadState,
+    Vma, Zombie, to_hex,
 };
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
@@ -309,6 +309,11 @@ fn to_namespace_pids(
                 *owner = tr(*owner);
             }
         }
+        for t in &mut p.posix_timers {
+            if t.tid != 0 {
+                t.tid = tr(t.tid);
+            }
+        }
     }
     for p in processes.iter_mut() {
         let name = image::pages_file_name(p.pid);
@@ -421,13 +426,14 @@ fn dump(
 ) -> Result<ProcessImage> {
     let status = procfs::read_text(pid, "status")?;
     let timers = procfs::read_text(pid, "timers").unwrap_or_default();
-    if !timers.trim().is_empty() {
-        return Err(refused(
+    let mut posix_timers = parse_timers(&timers).ok_or_else(|| {
+        refused(
             pid,
-            "POSIX timers",
-            "timer_create timers are not saved yet",
-        ));
-    }
+            format!("POSIX timers {timers:?}"),
+            "only timers that signal (SIGEV_SIGNAL, SIGEV_THREAD_ID) or do nothing \
+             (SIGEV_NONE) are supported",
+        )
+    })?;
     let stat =
         Stat::parse(&procfs::read_text(pid, "stat")?).ok_or_else(|| CrError::Unexpected {
             pid,
@@ -435,7 +441,7 @@ fn dump(
         })?;
     let f = |n| stat.field(n).unwrap_or(0);
 
-    let (process_state, thread_queries) = inject_queries(pid, tids, deferred)?;
+    let (process_state, thread_queries) = inject_queries(pid, tids, deferred, &mut posix_timers)?;
     let mut threads = Vec::new();
     for (&tid, q) in tids.iter().zip(thread_queries) {
         threads.push(ThreadState {
@@ -561,6 +567,7 @@ fn dump(
         deferred_signals: deferred.clone(),
         pages,
         shmem,
+        posix_timers,
     })
 }
 
@@ -591,6 +598,7 @@ fn inject_queries(
     pid: i32,
     tids: &[i32],
     deferred: &mut Vec<i32>,
+    timers: &mut [PosixTimer],
 ) -> Result<(ProcessQueries, Vec<ThreadQueries>)> {
     let mut inj = Injector::new(pid)?;
     let orig_regs = inj.base;
@@ -609,6 +617,7 @@ fn inject_queries(
             inj.write(scratch, &TRAMPOLINE_CODE)?;
             let data = scratch + PAGE;
             let process = process_queries(&mut inj, data)?;
+            timer_queries(&mut inj, data, timers)?;
             let mut threads = vec![thread_queries(&mut inj, data)?];
             for &tid in &tids[1..] {
                 let mut t = Injector::new(tid)?;
@@ -681,6 +690,73 @@ fn process_queries(inj: &mut Injector, scratch: u64) -> Result<ProcessQueries> {
         brk,
         itimers,
     })
+}
+
+/// `/proc/PID/timers`: every timer but its times; `None` for a kind not supported
+/// (`SIGEV_THREAD` is glibc's, made of `SIGEV_THREAD_ID`, so never seen here).
+fn parse_timers(text: &str) -> Option<Vec<PosixTimer>> {
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let Some((key, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if key == "ID" {
+            out.push(PosixTimer {
+                id: v.parse().ok()?,
+                clock: 0,
+                notify: 0,
+                signal: 0,
+                value: 0,
+                tid: 0,
+                interval_ns: 0,
+                value_ns: 0,
+            });
+            continue;
+        }
+        let t = out.last_mut()?;
+        match key {
+            "signal" => {
+                let (sig, value) = v.split_once('/')?;
+                t.signal = sig.parse().ok()?;
+                t.value = u64::from_str_radix(value.trim_start_matches("0x"), 16).ok()?;
+            }
+            "notify" => {
+                // signal/pid.N, signal/tid.N, none/pid.N
+                let (kind, target) = v.split_once('/')?;
+                let (whom, n) = target.split_once('.')?;
+                t.notify = match kind {
+                    "signal" => libc::SIGEV_SIGNAL,
+                    "none" => libc::SIGEV_NONE,
+                    _ => return None,
+                };
+                if whom == "tid" {
+                    t.notify |= libc::SIGEV_THREAD_ID;
+                    t.tid = n.parse().ok()?;
+                }
+            }
+            "ClockID" => t.clock = v.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Each timer's period and remaining time, by `timer_gettime`.
+fn timer_queries(inj: &mut Injector, scratch: u64, timers: &mut [PosixTimer]) -> Result<()> {
+    for t in timers {
+        inj.call(
+            &format!("timer_gettime({})", t.id),
+            libc::SYS_timer_gettime,
+            [t.id as u64, scratch, 0, 0, 0, 0],
+        )?;
+        let mut it = [0u8; 32];
+        inj.read(scratch, &mut it)?;
+        let w = |i: usize| u64::from_ne_bytes(it[i * 8..i * 8 + 8].try_into().expect("8"));
+        t.interval_ns = w(0) * 1_000_000_000 + w(1);
+        t.value_ns = w(2) * 1_000_000_000 + w(3);
+    }
+    Ok(())
 }
 
 fn thread_queries(inj: &mut Injector, scratch: u64) -> Result<ThreadQueries> {
@@ -1106,4 +1182,29 @@ fn dump_object(
         at = hole;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_timers_are_parsed() {
+        let text = "ID: 1\nsignal: 35/0000000000005eed\nnotify: signal/pid.812\nClockID: 1\n\
+                    ID: 2\nsignal: 12/0000000000000077\nnotify: signal/tid.813\nClockID: 0\n\
+                    ID: 4\nsignal: 0/0000000000000000\nnotify: none/pid.812\nClockID: 0\n";
+        let t = parse_timers(text).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            (t[0].id, t[0].signal, t[0].value, t[0].notify, t[0].clock),
+            (1, 35, 0x5eed, libc::SIGEV_SIGNAL, 1)
+        );
+        assert_eq!(
+            (t[1].notify, t[1].tid),
+            (libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID, 813)
+        );
+        assert_eq!((t[2].id, t[2].notify), (4, libc::SIGEV_NONE));
+        assert_eq!(parse_timers(""), Some(vec![]));
+        assert_eq!(parse_timers("ID: 1\nnotify: thread/pid.3\n"), None);
+    }
 }

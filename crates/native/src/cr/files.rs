@@ -471,6 +471,7 @@ fn socket(
                         timestamp: st.timestamp,
                         window: st.window,
                         nodelay: st.nodelay,
+                        reuse_addr: st.reuse_addr,
                     });
                 }
             }
@@ -770,6 +771,9 @@ mod planner {
         /// FIFOs opened so far (a read-write fd of each is kept open until the end, so
         /// that no open blocks and the bytes stay), by inode.
         fifos: BTreeSet<u64>,
+        /// Calls that take TCP connections out of repair mode, once both ends exist (a
+        /// connection out of repair mode sends, and its peer must be there to answer).
+        finish: Vec<Op>,
     }
 
     /// Where a Unix socket pair was made for its first end.
@@ -834,6 +838,7 @@ mod planner {
                 temps: BTreeMap::new(),
                 unix_pairs: BTreeMap::new(),
                 fifos: BTreeSet::new(),
+                finish: Vec::new(),
             }
         }
 
@@ -1539,6 +1544,7 @@ mod planner {
                         timestamp,
                         window,
                         nodelay,
+                        reuse_addr,
                     } => {
                         let hex = |h: &str| {
                             from_hex(h).ok_or_else(|| {
@@ -1694,8 +1700,9 @@ mod planner {
                             win,
                             "TCP_REPAIR_WINDOW",
                         );
+                        let mut fin = Vec::new();
                         self.setsockopt(
-                            ops,
+                            &mut fin,
                             pid,
                             fd,
                             tcp(libc::TCP_REPAIR),
@@ -1703,11 +1710,22 @@ mod planner {
                             "TCP_REPAIR off",
                         );
                         if sent < sendq.len() {
-                            self.send(ops, pid, fd, &sendq[sent..], None, "unsent data");
+                            self.send(&mut fin, pid, fd, &sendq[sent..], None, "unsent data");
+                        }
+                        if *reuse_addr {
+                            // Leaving repair mode cleared it.
+                            self.setsockopt(
+                                &mut fin,
+                                pid,
+                                fd,
+                                (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+                                int(1),
+                                "SO_REUSEADDR",
+                            );
                         }
                         if *nodelay {
                             self.setsockopt(
-                                ops,
+                                &mut fin,
                                 pid,
                                 fd,
                                 tcp(libc::TCP_NODELAY),
@@ -1715,6 +1733,7 @@ mod planner {
                                 "TCP_NODELAY",
                             );
                         }
+                        self.finish.extend(fin);
                     }
                     FdKind::Fifo {
                         path,
@@ -1939,8 +1958,10 @@ mod planner {
             Ok(())
         }
 
-        /// Closes every temporary fd; call once every process has its fds.
+        /// Takes TCP connections out of repair mode and closes every temporary fd; call once
+        /// every process has its fds.
         pub fn close_temporaries(&mut self, ops: &mut Vec<Op>) {
+            ops.append(&mut self.finish);
             for (pid, fds) in std::mem::take(&mut self.temps) {
                 for fd in fds {
                     ops.push(call(

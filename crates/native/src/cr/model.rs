@@ -394,6 +394,9 @@ pub enum FdKind {
         window: [u32; 5],
         /// `TCP_NODELAY`.
         nodelay: bool,
+        /// `SO_REUSEADDR` (an accepted connection has its listener's).
+        #[serde(default)]
+        reuse_addr: bool,
     },
     /// A named pipe (FIFO) opened by path, with its buffered bytes.
     Fifo {

@@ -1154,6 +1154,10 @@ fn plan_thread(
 ) -> Result<()> {
     use libc::*;
     let tid = t.tid;
+    if tid == p.pid {
+        // Every thread exists now: timers may signal any.
+        plan_timers(p, data, ops);
+    }
     let mut comm = t.comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
@@ -1270,6 +1274,64 @@ fn plan_thread(
     }
     Ok(())
 }
+
+/// The POSIX timers of process `p`, made by its main thread with their IDs
+/// (`PR_TIMER_CREATE_RESTORE_IDS`: `timer_create` takes the ID it is given) and armed with
+/// their remaining time and period.
+fn plan_timers(p: &ProcessImage, data: u64, ops: &mut Vec<Op>) {
+    use libc::*;
+    if p.posix_timers.is_empty() {
+        return;
+    }
+    let pid = p.pid;
+    let restore_ids = |on: u64| {
+        call(
+            pid,
+            SYS_prctl,
+            [PR_TIMER_CREATE_RESTORE_IDS, on, 0, 0, 0, 0],
+            Expect::Zero,
+            format!("prctl(PR_TIMER_CREATE_RESTORE_IDS, {on})"),
+        )
+    };
+    ops.push(restore_ids(1));
+    for t in &p.posix_timers {
+        // struct sigevent (64 bytes): value, signo, notify, tid; then the timer_t.
+        let mut ev = Vec::with_capacity(68);
+        ev.extend(t.value.to_ne_bytes());
+        ev.extend(t.signal.to_ne_bytes());
+        ev.extend(t.notify.to_ne_bytes());
+        ev.extend(t.tid.to_ne_bytes());
+        ev.resize(64, 0);
+        ev.extend(t.id.to_ne_bytes());
+        ops.push(call_with(
+            pid,
+            SYS_timer_create,
+            [t.clock as u64, data, data + 64, 0, 0, 0],
+            (data, ev),
+            Expect::Zero,
+            format!("timer_create of timer {} (clock {})", t.id, t.clock),
+        ));
+        if t.value_ns != 0 {
+            let mut it = Vec::with_capacity(32);
+            for ns in [t.interval_ns, t.value_ns] {
+                it.extend((ns / 1_000_000_000).to_ne_bytes());
+                it.extend((ns % 1_000_000_000).to_ne_bytes());
+            }
+            ops.push(call_with(
+                pid,
+                SYS_timer_settime,
+                [t.id as u64, 0, data, 0, 0, 0],
+                (data, it),
+                Expect::Zero,
+                format!("timer_settime of timer {}", t.id),
+            ));
+        }
+    }
+    ops.push(restore_ids(0));
+}
+
+/// `PR_TIMER_CREATE_RESTORE_IDS` (linux/prctl.h, 6.17).
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
 /// Credentials and capabilities of one thread, when they differ from the seed's: bounding
 /// set first (while privileged), groups and gids, uids keeping capabilities, then the
@@ -2616,6 +2678,7 @@ mod tests {
                 runs: vec![],
             },
             shmem: vec![],
+            posix_timers: vec![],
         }
     }
 
@@ -3189,5 +3252,73 @@ mod tests {
             (libc::MAP_SHARED | libc::MAP_FIXED) as u64
         );
         assert!(file < fmap);
+    }
+
+    #[test]
+    fn posix_timers_come_back_with_their_ids_once_every_thread_exists() {
+        use crate::cr::model::PosixTimer;
+        let mut imgs = tree();
+        let timer = |id, notify, tid, value_ns| PosixTimer {
+            id,
+            clock: libc::CLOCK_MONOTONIC,
+            notify,
+            signal: libc::SIGRTMIN() + 1,
+            value: 0x5eed,
+            tid,
+            interval_ns: 20_000_000,
+            value_ns,
+        };
+        imgs[0].posix_timers = vec![
+            timer(1, libc::SIGEV_SIGNAL, 0, 5_000_000),
+            timer(
+                2,
+                libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID,
+                102,
+                1_500_000_000,
+            ),
+            timer(4, libc::SIGEV_NONE, 0, 0),
+        ];
+        let ops = plan_restore(
+            &imgs,
+            &[],
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&imgs),
+        )
+        .unwrap();
+        let calls: Vec<(usize, &Call)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Op::Syscall { tid: 100, call } => Some((i, call)),
+                _ => None,
+            })
+            .collect();
+        let of = |nr: i64| calls.iter().filter(|(_, c)| c.nr == nr).collect::<Vec<_>>();
+        let prctl: Vec<_> = of(libc::SYS_prctl)
+            .into_iter()
+            .filter(|(_, c)| c.args[0] == PR_TIMER_CREATE_RESTORE_IDS)
+            .collect();
+        let creates = of(libc::SYS_timer_create);
+        let sets = of(libc::SYS_timer_settime);
+        assert_eq!((prctl.len(), creates.len(), sets.len()), (2, 3, 2));
+        assert_eq!((prctl[0].1.args[1], prctl[1].1.args[1]), (1, 0));
+        assert!(prctl[0].0 < creates[0].0 && sets[1].0 < prctl[1].0);
+        // The thread the second timer signals exists before.
+        let thread = ops
+            .iter()
+            .position(|o| matches!(o, Op::Clone { child: 102, .. }))
+            .unwrap();
+        assert!(thread < creates[0].0);
+        // The sigevent and the ID it asks for.
+        let ev = &creates[1].1.data.as_ref().unwrap().1;
+        assert_eq!(u64::from_ne_bytes(ev[..8].try_into().unwrap()), 0x5eed);
+        assert_eq!(i32::from_ne_bytes(ev[16..20].try_into().unwrap()), 102);
+        assert_eq!(i32::from_ne_bytes(ev[64..68].try_into().unwrap()), 2);
+        // Armed with the remaining time and the period; the disarmed one is not.
+        let it = &sets[1].1.data.as_ref().unwrap().1;
+        let w = |i: usize| u64::from_ne_bytes(it[i * 8..i * 8 + 8].try_into().unwrap());
+        assert_eq!((w(0), w(1), w(2), w(3)), (0, 20_000_000, 1, 500_000_000));
+        assert_eq!(sets[1].1.args[0], 2);
     }
 }

@@ -341,6 +341,8 @@ pub struct TcpRepairState {
     pub window: [u32; 5],
     /// `TCP_NODELAY`.
     pub nodelay: bool,
+    /// `SO_REUSEADDR`.
+    pub reuse_addr: bool,
 }
 
 /// The state of TCP connection `sock` (established), read in repair mode, which it leaves
@@ -357,8 +359,9 @@ pub fn tcp_repair_dump(sock: &OwnedFd) -> io::Result<Option<TcpRepairState>> {
     let r = tcp_read_repaired(sock, &info);
     let off = set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
     let _ = set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
-    let st = r?;
+    let mut st = r?;
     off?;
+    st.reuse_addr = reuse != 0;
     Ok(Some(st))
 }
 
