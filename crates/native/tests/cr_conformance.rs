@@ -302,7 +302,7 @@ fn eventfd_timerfd_signalfd_epoll_shared_offsets_queued_signals_and_itimers() {
 }
 
 #[test]
-fn listening_and_bound_sockets_keep_their_ports_and_connections_come_back_closed() {
+fn listening_and_bound_sockets_keep_their_ports_and_a_connection_inside_is_kept() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let bin = compile("sockets", dir.path());
