@@ -151,3 +151,13 @@ fn tcp_connections_inside_the_tree_keep_their_data_and_flow() {
         cs.frozen, rs.elapsed, rs.syscalls
     );
 }
+
+#[test]
+fn fifos_and_deleted_files_keep_their_bytes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("fifo_deleted", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[dir.path(), &result]);
+    cycle(child, dir.path(), &result);
+}
