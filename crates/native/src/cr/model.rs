@@ -64,6 +64,30 @@ pub struct ProcessImage {
     /// (it is the first in the image to map each).
     #[serde(default)]
     pub shmem: Vec<ShmemObject>,
+    /// Its POSIX timers (`timer_create`), made again with the same IDs.
+    #[serde(default)]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// A POSIX timer (`timer_create`): what `/proc/PID/timers` and `timer_gettime` say of it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PosixTimer {
+    /// Its ID (the kernel's `timer_t`), which it gets back.
+    pub id: i32,
+    /// Its clock (`CLOCK_MONOTONIC`, `CLOCK_REALTIME`...).
+    pub clock: i32,
+    /// `sigev_notify`: `SIGEV_SIGNAL`, `SIGEV_NONE`, or either with `SIGEV_THREAD_ID`.
+    pub notify: i32,
+    /// `sigev_signo`.
+    pub signal: i32,
+    /// `sigev_value` (the pointer or integer the signal carries).
+    pub value: u64,
+    /// The thread it signals (`SIGEV_THREAD_ID`); 0 otherwise.
+    pub tid: i32,
+    /// Its period in nanoseconds (0: one-shot).
+    pub interval_ns: u64,
+    /// Nanoseconds until it fires (0: disarmed).
+    pub value_ns: u64,
 }
 
 /// A shared memory object (`MAP_SHARED` anonymous memory, a memfd, a deleted file of a
