@@ -20,7 +20,7 @@ fn compile(name: &str, out: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/native/{name}.c"));
     let bin = out.join(name);
     let st = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
+        .args(["-O1", "-Wall", "-pthread", "-o"])
         .arg(&bin)
         .arg(&src)
         .status()
@@ -185,4 +185,15 @@ fn posix_timers_keep_their_ids_times_and_signals() {
     let result = dir.path().join("result");
     let child = start(&bin, &[&result]);
     cycle(child, dir.path(), &result);
+}
+
+#[test]
+fn a_seccomp_filter_still_applies_in_every_thread() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile("seccomp", dir.path());
+    let result = dir.path().join("result");
+    let child = start(&bin, &[&result]);
+    let (cs, rs) = cycle(child, dir.path(), &result);
+    assert_eq!((cs.threads, rs.threads), (2, 2));
 }

@@ -17,7 +17,8 @@
 //! layout, see [`super::model::ShmemObject`]); shared mappings of regular files (`/dev/shm`
 //! included) are mapped again from the file, whose pages they are.
 //!
-//! Refused (an error naming the process and the resource, nothing written): seccomp, a
+//! Refused (an error naming the process and the resource, nothing written): strict seccomp,
+//! seccomp filters installed with privileges since dropped (without no_new_privs), a
 //! tracer, zombies, POSIX timers with `SIGEV_THREAD`, SysV shared memory, hugetlb mappings, memfds sealed against
 //! writes, mappings of deleted files (but tmpfs), the fds [`super::files`] refuses.
 
@@ -362,11 +363,12 @@ fn preflight(pid: i32) -> Result<()> {
             "the process has exited; there is nothing to checkpoint",
         ));
     }
-    if procfs::status_field(&status, "Seccomp") != Some("0") {
+    if procfs::status_field(&status, "Seccomp") == Some("1") {
         return Err(refused(
             pid,
-            "a seccomp filter",
-            "seccomp is not restored yet",
+            "strict seccomp (mode 1)",
+            "a process in strict mode can make no syscall a restore needs; use a filter \
+             (SECCOMP_SET_MODE_FILTER) instead",
         ));
     }
     if procfs::status_field(&status, "TracerPid") != Some("0") {
@@ -441,9 +443,13 @@ fn dump(
         })?;
     let f = |n| stat.field(n).unwrap_or(0);
 
+    let mut seccomp = Vec::new();
+    for &tid in tids {
+        seccomp.push(seccomp_filters(pid, tid)?);
+    }
     let (process_state, thread_queries) = inject_queries(pid, tids, deferred, &mut posix_timers)?;
     let mut threads = Vec::new();
-    for (&tid, q) in tids.iter().zip(thread_queries) {
+    for ((&tid, q), seccomp) in tids.iter().zip(thread_queries).zip(seccomp) {
         threads.push(ThreadState {
             tid,
             comm: procfs::read_text(pid, &format!("task/{tid}/comm"))?
@@ -460,6 +466,7 @@ fn dump(
             clear_child_tid: q.clear_child_tid,
             robust_list: sys::get_robust_list(tid)?,
             rseq: sys::get_rseq(tid)?,
+            seccomp,
         });
     }
 
@@ -690,6 +697,56 @@ fn process_queries(inj: &mut Injector, scratch: u64) -> Result<ProcessQueries> {
         brk,
         itimers,
     })
+}
+
+/// The seccomp filters of thread `tid`, oldest first (hex), or a refusal; with filters, the
+/// thread's seccomp is suspended while it is stopped, so that injected queries pass.
+fn seccomp_filters(pid: i32, tid: i32) -> Result<Vec<String>> {
+    let status = procfs::read_text(pid, &format!("task/{tid}/status"))?;
+    match procfs::status_field(&status, "Seccomp") {
+        Some("0") | None => return Ok(Vec::new()),
+        Some("2") => {}
+        Some(mode) => {
+            return Err(refused(
+                pid,
+                format!("seccomp mode {mode} of thread {tid}"),
+                "only seccomp filters (mode 2) are restored",
+            ));
+        }
+    }
+    let nnp = procfs::status_field(&status, "NoNewPrivs") == Some("1");
+    let cap_eff = procfs::status_field(&status, "CapEff")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    if !nnp && cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
+        return Err(refused(
+            pid,
+            format!("the seccomp filter of thread {tid}"),
+            "it was installed with privileges the thread no longer has, so it could not be \
+             installed again; set no_new_privs (PR_SET_NO_NEW_PRIVS) before installing it",
+        ));
+    }
+    let mut out = Vec::new();
+    for index in 0.. {
+        let Some(prog) = sys::seccomp_filter(tid, index)? else {
+            break;
+        };
+        if prog.len() + 16 > PAGE as usize {
+            return Err(refused(
+                pid,
+                format!(
+                    "the seccomp filter of thread {tid} ({} instructions)",
+                    prog.len() / 8
+                ),
+                "filters of more than 510 instructions are not restored yet",
+            ));
+        }
+        out.push(to_hex(&prog));
+    }
+    out.reverse();
+    sys::set_options(tid, libc::PTRACE_O_SUSPEND_SECCOMP)?;
+    Ok(out)
 }
 
 /// `/proc/PID/timers`: every timer but its times; `None` for a kind not supported

@@ -483,6 +483,10 @@ pub struct ThreadState {
     pub robust_list: (u64, u64),
     /// The registered rseq area, if any: address, length, signature.
     pub rseq: Option<(u64, u32, u32)>,
+    /// Its seccomp filters, oldest first: raw `struct sock_filter` programs, hex. Installed
+    /// again, in order, as its last injected calls.
+    #[serde(default)]
+    pub seccomp: Vec<String>,
 }
 
 /// x86-64 general registers, field for field `user_regs_struct`.

@@ -1272,6 +1272,37 @@ fn plan_thread(
             queue(info, true, ops, after)?;
         }
     }
+    plan_seccomp(tid, &t.seccomp, data, ops)
+}
+
+/// The seccomp filters of thread `tid`, oldest first, each installed for this thread alone
+/// (threads that shared a filter get equal ones): its last injected calls, so that no filter
+/// stands in the way of the restore (but the main thread's trampoline `munmap`).
+fn plan_seccomp(tid: i32, filters: &[String], data: u64, ops: &mut Vec<Op>) -> Result<()> {
+    use libc::*;
+    for (i, hex) in filters.iter().enumerate() {
+        let prog = from_hex(hex)
+            .filter(|p| !p.is_empty() && p.len() % 8 == 0 && p.len() + 16 <= PAGE as usize)
+            .ok_or_else(|| {
+                CrError::Incompatible(format!(
+                    "seccomp filter {i} of thread {tid} is not a filter this restore can install"
+                ))
+            })?;
+        // struct sock_fprog: len (u16), padding, pointer; the instructions after it.
+        let mut b = Vec::with_capacity(16 + prog.len());
+        b.extend(((prog.len() / 8) as u16).to_ne_bytes());
+        b.extend([0u8; 6]);
+        b.extend((data + 16).to_ne_bytes());
+        b.extend(&prog);
+        ops.push(call_with(
+            tid,
+            SYS_seccomp,
+            [SECCOMP_SET_MODE_FILTER as u64, 0, data, 0, 0, 0],
+            (data, b),
+            Expect::Zero,
+            format!("seccomp filter {i} ({} instructions)", prog.len() / 8),
+        ));
+    }
     Ok(())
 }
 
@@ -2603,6 +2634,7 @@ mod tests {
             clear_child_tid: 0,
             robust_list: (0x600100, 24),
             rseq: Some((0x600200, 32, 0x53053053)),
+            seccomp: vec![],
         }
     }
 
@@ -3320,5 +3352,45 @@ mod tests {
         let w = |i: usize| u64::from_ne_bytes(it[i * 8..i * 8 + 8].try_into().unwrap());
         assert_eq!((w(0), w(1), w(2), w(3)), (0, 20_000_000, 1, 500_000_000));
         assert_eq!(sets[1].1.args[0], 2);
+    }
+
+    #[test]
+    fn seccomp_filters_are_the_last_calls_of_each_thread_oldest_first() {
+        let mut imgs = tree();
+        let filter = |k: u8| crate::cr::model::to_hex(&[6, 0, 0, 0, k, 0, 0xff, 0x7f]);
+        for t in &mut imgs[0].threads {
+            t.seccomp = vec![filter(1), filter(2)];
+        }
+        imgs[0].no_new_privs = true;
+        let ops = plan_restore(
+            &imgs,
+            &[],
+            &seed(),
+            &paths(["/dev/null"; 3]),
+            &xstates(&imgs),
+        )
+        .unwrap();
+        for tid in [100, 102] {
+            let mine: Vec<&Call> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    Op::Syscall { tid: t, call } if *t == tid => Some(call),
+                    _ => None,
+                })
+                .collect();
+            let n = mine.len();
+            assert_eq!(mine[n - 2].nr, libc::SYS_seccomp, "thread {tid}");
+            assert_eq!(mine[n - 1].nr, libc::SYS_seccomp);
+            let prog = |c: &Call| c.data.as_ref().unwrap().1.clone();
+            assert_eq!(prog(mine[n - 2])[..2], 1u16.to_ne_bytes());
+            assert_eq!(prog(mine[n - 2])[16 + 4], 1, "oldest first");
+            assert_eq!(prog(mine[n - 1])[16 + 4], 2);
+            // After the no_new_privs and the queued signals of the thread.
+            let nnp = mine
+                .iter()
+                .position(|c| c.nr == libc::SYS_prctl && c.args[0] == libc::PR_SET_NO_NEW_PRIVS as u64)
+                .unwrap();
+            assert!(nnp < n - 2);
+        }
     }
 }

@@ -747,3 +747,28 @@ pub fn try_wait(pid: i32) -> Result<Option<Wait>> {
         Wait::Signaled(libc::WTERMSIG(status))
     }))
 }
+
+/// `PTRACE_SECCOMP_GET_FILTER`.
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// `PTRACE_SECCOMP_GET_FILTER`: seccomp filter `index` of thread `tid` (0: the newest) as
+/// raw `struct sock_filter`s (8 bytes each); `None` past the oldest. Needs `CAP_SYS_ADMIN`.
+pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
+    let len = match ptrace(tid, PTRACE_SECCOMP_GET_FILTER, index as usize, 0, "SECCOMP_GET_FILTER") {
+        Ok(n) => n as usize,
+        Err(CrError::Ptrace { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; len * 8];
+    let n = ptrace(
+        tid,
+        PTRACE_SECCOMP_GET_FILTER,
+        index as usize,
+        buf.as_mut_ptr() as usize,
+        "SECCOMP_GET_FILTER",
+    )? as usize;
+    buf.truncate(n * 8);
+    Ok(Some(buf))
+}
