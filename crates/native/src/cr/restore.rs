@@ -3388,7 +3388,9 @@ mod tests {
             // After the no_new_privs and the queued signals of the thread.
             let nnp = mine
                 .iter()
-                .position(|c| c.nr == libc::SYS_prctl && c.args[0] == libc::PR_SET_NO_NEW_PRIVS as u64)
+                .position(|c| {
+                    c.nr == libc::SYS_prctl && c.args[0] == libc::PR_SET_NO_NEW_PRIVS as u64
+                })
                 .unwrap();
             assert!(nnp < n - 2);
         }

@@ -754,7 +754,13 @@ const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 /// `PTRACE_SECCOMP_GET_FILTER`: seccomp filter `index` of thread `tid` (0: the newest) as
 /// raw `struct sock_filter`s (8 bytes each); `None` past the oldest. Needs `CAP_SYS_ADMIN`.
 pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
-    let len = match ptrace(tid, PTRACE_SECCOMP_GET_FILTER, index as usize, 0, "SECCOMP_GET_FILTER") {
+    let len = match ptrace(
+        tid,
+        PTRACE_SECCOMP_GET_FILTER,
+        index as usize,
+        0,
+        "SECCOMP_GET_FILTER",
+    ) {
         Ok(n) => n as usize,
         Err(CrError::Ptrace { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
             return Ok(None);
