@@ -1912,6 +1912,14 @@ impl SeedOps for LiveSeeds {
     }
 }
 
+/// ptrace options of seeds (inherited by the tasks forked from them): trace forks and
+/// clones, kill the seeds if the restorer dies, and suspend seccomp filters so that a filter
+/// installed by the plan cannot block the calls injected after it.
+const SEED_OPTIONS: i32 = libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_SUSPEND_SECCOMP;
+
 /// A stopped, traced seed with PID `pid`, tracing its forks and threads; a PID still held
 /// by a zombie about to be reaped is waited for.
 fn spawn_seed(pid: i32) -> Result<i32> {
@@ -1922,9 +1930,7 @@ fn spawn_seed(pid: i32) -> Result<i32> {
             Ok(Cloned::Parent(p)) => {
                 return match sys::wait(p)? {
                     Wait::Stopped(libc::SIGSTOP, 0) => {
-                        let opts = libc::PTRACE_O_TRACEFORK
-                            | libc::PTRACE_O_TRACECLONE
-                            | libc::PTRACE_O_EXITKILL;
+                        let opts = SEED_OPTIONS;
                         if let Err(e) = sys::set_options(p, opts) {
                             let _ = sys::kill(p, libc::SIGKILL);
                             return Err(e);
@@ -2219,7 +2225,7 @@ impl Drop for LazyRestore {
 
 /// Seizes the existing seed `pid` (tracing its forks and clones) and stops it.
 fn seize_seed(pid: i32) -> Result<i32> {
-    let opts = libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL;
+    let opts = SEED_OPTIONS;
     sys::seize_with(pid, opts)?;
     sys::interrupt(pid)?;
     loop {
