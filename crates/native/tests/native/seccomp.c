@@ -20,6 +20,12 @@ static int getpid_denied(void) {
 
 static void *thread_main(void *arg) {
     (void)arg;
+    /* The check request is the main thread's: were it handled here, the main thread would
+     * wait for it for ever. */
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
     while (!check_requested) usleep(1000);
     thread_verdict = getpid_denied() ? 1 : 2;
     return NULL;
