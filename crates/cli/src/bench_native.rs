@@ -4,23 +4,36 @@
 //!
 //! For each size the benchmark compiles (once) a small C program ([`PROGRAM`]) that fills that
 //! many MiB with a mixed pattern (random, pointer-like, text-like, counters and sparse pages),
-//! says "ready", and on SIGUSR1 checks every word and writes its verdict. Then:
+//! listens on a TCP port of 127.0.0.1, says "ready", answers each connection's one-byte request
+//! by reading a byte of each page of a fixed pseudo-random sample of [`SAMPLE_PAGES`] pages
+//! and writing their sum back (its "first response" shows how soon a restored program serves
+//! a request that needs memory from all over), and on SIGUSR1 checks every word and writes its
+//! verdict. Then:
 //!
-//! 1. cold start: from exec until "ready";
-//! 2. native checkpoint into a directory (the process killed), and native eager restore from it;
-//! 3. the restored process checkpointed through a fresh local repository (checkpoint into a
-//!    staging directory, then every file stored, page files in page-aligned CDC chunks);
-//! 4. the repository's read throughput for that image: every stream read (fetched, verified,
+//! 1. cold start: from exec until "ready", and until the first response;
+//! 2. native checkpoint into a directory (the process killed), and native eager restore from
+//!    it: the restore itself, and from its start to the first response;
+//! 3. native lazy restore from the same image (the previous process killed and reaped first,
+//!    so that its PID is free): from its start to the first response, the faults served on
+//!    demand, the background fill (image bytes / time until fully resident);
+//! 4. the same with the working set recorded by 3 as prefetch: first response, demand faults;
+//! 5. that (lazily restored) process checkpointed through a fresh local repository (checkpoint
+//!    into a staging directory, then every file stored, page files in page-aligned CDC chunks);
+//! 6. the repository's read throughput for that image: every stream read (fetched, verified,
 //!    decompressed) to nowhere through a fresh handle;
-//! 5. a restore through the repository (fetch into a staging directory, then restore);
-//! 6. a second checkpoint of that process through the repository (left running): its upload;
-//! 7. the process asked to check its memory;
-//! 8. the same program, compiled statically, under runsc: cold start, checkpoint, restore and
-//!    the memory check.
+//! 7. a restore through the repository (fetch into a staging directory, then restore);
+//! 8. a second checkpoint of that process through the repository (left running): its upload;
+//! 9. the process asked to check its memory (which also checks what the lazy restores brought
+//!    in: the repository's image was taken from a lazily restored process);
+//! 10. the same program, compiled statically, under runsc: cold start, checkpoint, restore,
+//!     first response (asked from inside the sandbox with `runsc exec`) and the memory check.
 //!
-//! Nothing is asserted on time: the table shows the figures and the goals beside them.
+//! Every first response carries the same sum when the memory came back right; the table says
+//! whether they agree. Nothing is asserted on time: the table shows the figures and the goals
+//! beside them.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +42,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use podsnap_native::cr::lazy::{LazyOptions, LazyStats};
 use podsnap_native::cr::{self, CheckpointOptions, RestoreOptions};
 use podsnap_repo::{NoProgress, Repository};
 
@@ -38,19 +52,41 @@ use crate::native_repo::{self, mib};
 const CHECKPOINT_GOAL_GBS: f64 = 1.0;
 /// Goal: eager restore throughput as a share of the repository's read throughput, in %.
 const RESTORE_GOAL_PERCENT: f64 = 80.0;
+/// Goal: a lazy restore's first response, from the start of the restore, whatever the size.
+const FIRST_RESPONSE_GOAL: Duration = Duration::from_millis(100);
+/// Goal: a lazy restore's background fill, GB/s of image page data (image bytes / time until
+/// fully resident), from a warm node cache (the image was just written and read).
+const FILL_GOAL_GBS: f64 = 1.0;
+/// Goal: a lazy restore with the recorded working set as prefetch takes at least this many %
+/// fewer demand faults than one without.
+const PREFETCH_GOAL_PERCENT: f64 = 90.0;
+/// Pages a request touches (a byte of each; the program's `SAMPLE`, set when compiling it).
+pub const SAMPLE_PAGES: usize = 256;
 
-/// The workload: `bench MIB RESULT` fills MIB MiB, prints "ready", and on SIGUSR1 checks every
-/// word and writes "ok" (or "bad page N") to RESULT (`-`: standard output), then exits with 0
-/// (ok) or 1.
+/// The workload: `bench MIB RESULT PORT` fills MIB MiB, listens on 127.0.0.1:PORT, prints
+/// "ready"; answers each connection's one-byte request with the sum of one byte of each of
+/// [`SAMPLE_PAGES`] pseudo-random pages (fixed) as a decimal line, then closes it; on SIGUSR1
+/// checks every word and writes "ok" (or "bad page N") to RESULT (`-`: standard output), then
+/// exits with 0 (ok) or 1. `bench ask PORT` is the client: it sends one request to
+/// 127.0.0.1:PORT and prints the answer (exit 0), or exits with 10 when it gets none. Wrong
+/// arguments: exit 2.
 pub const PROGRAM: &str = r#"
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#ifndef SAMPLE
+#define SAMPLE 256
+#endif
 
 static volatile sig_atomic_t check_requested;
 static void on_usr1(int sig) { (void)sig; check_requested = 1; }
@@ -73,8 +109,32 @@ static inline uint64_t word(uint64_t p, uint64_t i, uint64_t kind) {
     }
 }
 
+static struct sockaddr_in loopback(const char *port) {
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)atoi(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+/* The client: one request, the answer on standard output. */
+static int ask(const char *port) {
+    struct sockaddr_in a = loopback(port);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) || write(s, "?", 1) != 1) return 10;
+    char buf[64];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf - 1 && (r = read(s, buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)r;
+    if (n == 0 || buf[n - 1] != '\n') return 10;
+    fwrite(buf, 1, n, stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: bench MIB RESULT\n"); return 2; }
+    if (argc == 3 && !strcmp(argv[1], "ask")) return ask(argv[2]);
+    if (argc != 4) { fprintf(stderr, "usage: bench MIB RESULT PORT | bench ask PORT\n"); return 2; }
     syscall(436 /* close_range */, 3, ~0U, 0);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -88,13 +148,37 @@ int main(int argc, char **argv) {
         uint64_t kind = mix(p ^ 0x5555) & 7, *w = mem + p * 512;
         for (uint64_t i = 0; i < 512; i++) w[i] = word(p, i, kind);
     }
+    struct sockaddr_in addr = loopback(argv[3]);
+    int one = 1, ls = socket(AF_INET, SOCK_STREAM, 0);
+    if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one)
+        || bind(ls, (struct sockaddr *)&addr, sizeof addr) || listen(ls, 64)) {
+        perror("listen");
+        return 2;
+    }
     printf("ready\n");
     fflush(stdout);
     sigset_t usr1, old;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
     sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!check_requested) sigsuspend(&old);
+    const volatile unsigned char *bytes = (const volatile unsigned char *)mem;
+    while (!check_requested) {
+        /* SIGUSR1 is let in only while waiting here. */
+        struct pollfd pfd = { .fd = ls, .events = POLLIN };
+        if (ppoll(&pfd, 1, NULL, &old) != 1) continue;
+        int c = accept(ls, NULL, NULL);
+        if (c < 0) continue;
+        char request;
+        if (read(c, &request, 1) == 1) {
+            uint64_t sum = 0;
+            for (uint64_t k = 0; k < SAMPLE; k++)
+                sum += bytes[(mix(k ^ 0xA5A5) % pages) * 4096 + mix(k) % 4096];
+            char out[32];
+            int n = snprintf(out, sizeof out, "%llu\n", (unsigned long long)sum);
+            (void)!send(c, out, (size_t)n, MSG_NOSIGNAL);
+        }
+        close(c);
+    }
     char verdict[64] = "ok";
     for (uint64_t p = 0; p < pages && !strcmp(verdict, "ok"); p++) {
         uint64_t kind = mix(p ^ 0x5555) & 7, *w = mem + p * 512;
@@ -113,8 +197,18 @@ int main(int argc, char **argv) {
 struct Native {
     page_bytes: u64,
     cold: Duration,
+    /// From exec to the first response.
+    cold_response: Duration,
     checkpoint: Duration,
     restore: Duration,
+    /// From the start of the eager restore to the first response.
+    eager_response: Duration,
+    /// The lazy restore.
+    lazy: Lazy,
+    /// The lazy restore with the working set of [`Native::lazy`] as prefetch.
+    prefetched: Lazy,
+    /// The first responses (page sample sums), labelled: equal when the memory came back.
+    answers: Vec<(&'static str, u64)>,
     repo_read_bytes: u64,
     repo_read: Duration,
     repo_checkpoint: Duration,
@@ -127,12 +221,28 @@ struct Native {
     verdict: String,
 }
 
+/// One lazy restore: from its start to the first response, and how its memory came in.
+struct Lazy {
+    /// From the start of the restore until it returned (the process running).
+    resumed: Duration,
+    /// From the start of the restore to the first response.
+    response: Duration,
+    /// The first response.
+    answer: u64,
+    /// The restored process's memory server.
+    stats: LazyStats,
+}
+
 /// runsc's figures for one size.
 struct Runsc {
     cold: Duration,
     checkpoint: Duration,
     image_bytes: u64,
     restore: Duration,
+    /// From the start of the restore to the first response (asked through `runsc exec`).
+    response: Duration,
+    /// The first response (the page sample sum).
+    answer: u64,
     verdict: String,
 }
 
@@ -149,6 +259,12 @@ impl Live {
     fn reap(&mut self, pid: i32) {
         let _ = waitpid(Pid::from_raw(pid), None);
         self.0.retain(|p| *p != pid);
+    }
+
+    /// Kills `pid` and reaps it: its PID is free for the next restore.
+    fn kill(&mut self, pid: i32) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        self.reap(pid);
     }
 }
 
@@ -226,7 +342,7 @@ async fn measure_all(dir: &Path, sizes: &[usize]) -> Result<(String, Rows)> {
     let bin = src.join("bench");
     let compile = |extra: &[&str]| -> Result<bool> {
         Ok(Command::new("cc")
-            .args(["-O2", "-Wall", "-o"])
+            .args(["-O2", "-Wall", &format!("-DSAMPLE={SAMPLE_PAGES}"), "-o"])
             .arg(&bin)
             .arg(src.join("bench.c"))
             .args(extra)
@@ -302,6 +418,104 @@ async fn restore(dir: &Path) -> Result<(cr::RestoreStats, Duration)> {
     .await
 }
 
+/// Sends the program on 127.0.0.1:`port` one request and returns its answer (the page sample
+/// sum): a refused connection (not listening yet) is tried again every millisecond, until
+/// `limit`.
+fn ask(port: u16, limit: Duration) -> Result<u64> {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut conn) => {
+                conn.set_read_timeout(Some(limit))?;
+                conn.write_all(b"?")
+                    .and_then(|()| conn.set_nodelay(true))
+                    .with_context(|| format!("sending a request to port {port}"))?;
+                let mut answer = String::new();
+                conn.read_to_string(&mut answer)
+                    .with_context(|| format!("reading the answer on port {port}"))?;
+                return answer.trim().parse().with_context(|| {
+                    format!("the program on port {port} answered {answer:?}, not a number")
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && t0.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to 127.0.0.1:{port}"));
+            }
+        }
+    }
+}
+
+/// An eager restore from `dir`, then the program asked on `port`: the restore's duration,
+/// the time from its start to the first response, and the response.
+async fn eager_first_response(
+    dir: &Path,
+    port: u16,
+    limit: Duration,
+) -> Result<(Duration, Duration, u64)> {
+    let dir = dir.to_path_buf();
+    blocking(move || {
+        let t0 = Instant::now();
+        cr::restore(&dir, &RestoreOptions::default())
+            .with_context(|| format!("native restore from {}", dir.display()))?;
+        let restored = t0.elapsed();
+        let answer = ask(port, limit).context("the eagerly restored program's first response")?;
+        Ok((restored, t0.elapsed(), answer))
+    })
+    .await
+}
+
+/// A lazy restore from `dir` (the blocks of `prefetch` first), the program asked on `port`
+/// as soon as it runs, then the wait until its memory is all in. The process is left
+/// running.
+async fn lazy_first_response(
+    dir: &Path,
+    pid: i32,
+    port: u16,
+    prefetch: Vec<u64>,
+    limit: Duration,
+) -> Result<Lazy> {
+    let dir = dir.to_path_buf();
+    blocking(move || {
+        let start = Instant::now();
+        let options = LazyOptions {
+            prefetch,
+            start,
+            ..Default::default()
+        };
+        let (_, served) = cr::restore_lazily(&dir, None, &RestoreOptions::default(), options)
+            .with_context(|| format!("native lazy restore from {}", dir.display()))?;
+        let resumed = start.elapsed();
+        // The memory server stays until its memory is in, whatever the answer.
+        let answer = ask(port, limit);
+        let response = start.elapsed();
+        let stats = served
+            .wait()
+            .context("lazy restore: the memory could not be served")?;
+        let answer = answer.context("the lazily restored program's first response")?;
+        let stats = stats
+            .into_iter()
+            .find(|s| s.pid == pid)
+            .ok_or_else(|| anyhow!("lazy restore: no statistics for process {pid}"))?;
+        Ok(Lazy {
+            resumed,
+            response,
+            answer,
+            stats,
+        })
+    })
+    .await
+}
+
+/// A port of 127.0.0.1 that nothing listens on now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))
+        .context("finding a free port on 127.0.0.1")?
+        .local_addr()?
+        .port())
+}
+
 fn open_repo(dir: &Path) -> Result<Repository> {
     native_repo::open_repo(&dir.display().to_string(), None, None, 16)
 }
@@ -315,12 +529,15 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
     let stage = dir.join("stage");
     let _ = std::fs::remove_dir_all(&image);
     let _ = std::fs::remove_dir_all(&repo_dir);
+    let port = free_port()?;
+    let limit = check_limit(size);
 
-    // 1. Cold start.
+    // 1. Cold start: until "ready" (listening), then the first response.
     let t0 = Instant::now();
     let mut child = Command::new(bin)
         .arg(size.to_string())
         .arg(&result)
+        .arg(port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -337,18 +554,34 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
         "the benchmark program did not get ready (it said {line:?})"
     );
     let cold = t0.elapsed();
+    let cold_answer = blocking(move || ask(port, limit))
+        .await
+        .context("the program's first response")?;
+    let cold_response = t0.elapsed();
 
-    // 2. Checkpoint into a directory, eager restore from it.
+    // 2. Checkpoint into a directory, eager restore from it, its first response.
     let t0 = Instant::now();
     let stats = checkpoint(pid, &image, false).await?;
     let checkpoint_time = t0.elapsed();
     let _ = child.wait();
     live.0.retain(|p| *p != pid);
-    let (_, restore_time) = restore(&image).await?;
     live.add(pid);
+    let (restore_time, eager_response, eager_answer) =
+        eager_first_response(&image, port, limit).await?;
+
+    // 3. Lazy restore from the same image (warm in the page cache), the PID freed first.
+    live.kill(pid);
+    live.add(pid);
+    let lazy = lazy_first_response(&image, pid, port, Vec::new(), limit).await?;
+
+    // 4. Again, with the working set that restore recorded as prefetch. This process goes on.
+    live.kill(pid);
+    live.add(pid);
+    let prefetch = lazy.stats.working_set.clone();
+    let prefetched = lazy_first_response(&image, pid, port, prefetch, limit).await?;
     std::fs::remove_dir_all(&image)?;
 
-    // 3. Checkpoint through a fresh repository.
+    // 5. Checkpoint through a fresh repository.
     let repo = open_repo(&repo_dir)?;
     let staged = native_repo::TempDir::new_in(&stage)?;
     let t0 = Instant::now();
@@ -358,37 +591,48 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
     let stored = native_repo::store_image(&repo, "first", staged.path(), &NoProgress).await?;
     drop(staged);
 
-    // 4. The repository's read throughput for the image.
+    // 6. The repository's read throughput for the image.
     let t0 = Instant::now();
     let repo_read_bytes = native_repo::read_image_to_sink(&open_repo(&repo_dir)?, "first").await?;
     let repo_read = t0.elapsed();
 
-    // 5. Restore through the repository.
+    // 7. Restore through the repository.
     let staged = native_repo::TempDir::new_in(&stage)?;
     let fetched =
         native_repo::fetch_image(&open_repo(&repo_dir)?, "first", staged.path(), &NoProgress)
             .await?;
-    let (_, repo_restore) = restore(staged.path()).await?;
     live.add(pid);
+    let (_, repo_restore) = restore(staged.path()).await?;
     drop(staged);
 
-    // 6. A second checkpoint of the running process through the repository.
+    // 8. A second checkpoint of the running process through the repository.
     let staged = native_repo::TempDir::new_in(&stage)?;
     checkpoint(pid, staged.path(), true).await?;
     let second = native_repo::store_image(&repo, "second", staged.path(), &NoProgress).await?;
     drop(staged);
 
-    // 7. The memory check.
+    // 9. The memory check.
     kill(Pid::from_raw(pid), Signal::SIGUSR1).context("signalling the restored process")?;
-    let verdict = wait_for_line(&result, |_| true, check_limit(size)).await;
+    let verdict = wait_for_line(&result, |_| true, limit).await;
     live.reap(pid);
     let _ = std::fs::remove_dir_all(&repo_dir);
     let _ = std::fs::remove_dir_all(&stage);
+    let answers = vec![
+        ("cold", cold_answer),
+        ("eager", eager_answer),
+        ("lazy", lazy.answer),
+        ("prefetch", prefetched.answer),
+    ];
     Ok(Native {
         page_bytes: stats.page_bytes,
         cold,
+        cold_response,
         checkpoint: checkpoint_time,
         restore: restore_time,
+        eager_response,
+        lazy,
+        prefetched,
+        answers,
         repo_read_bytes,
         repo_read,
         repo_checkpoint,
@@ -429,7 +673,8 @@ async fn wait_for_line(
     None
 }
 
-/// The program (static) straight under runsc: cold start, checkpoint, restore, check.
+/// The program (static) straight under runsc: cold start, checkpoint, restore, first
+/// response, check.
 async fn measure_runsc(dir: &Path, bin: &Path, size: usize) -> Result<Runsc> {
     use podsnap_engine::{ContainerSpec, Engine, GvisorConfig, GvisorEngine, Network};
     let base = dir.join("runsc");
@@ -440,12 +685,19 @@ async fn measure_runsc(dir: &Path, bin: &Path, size: usize) -> Result<Runsc> {
     }
     std::fs::copy(bin, rootfs.join("bench"))?;
     let state = base.join("state");
+    // The sandbox's own loopback: any port does.
+    let port = free_port()?.to_string();
     let _cleanup = podsnap_engine::gvisor::SandboxCleanup(state.clone());
     let engine = GvisorEngine::new(GvisorConfig::new(state.clone())).await?;
     let spec = |id: &str| ContainerSpec {
         id: id.into(),
         rootfs: rootfs.clone(),
-        args: vec!["/bench".into(), size.to_string(), "/tmp/result".into()],
+        args: vec![
+            "/bench".into(),
+            size.to_string(),
+            "/tmp/result".into(),
+            port.clone(),
+        ],
         env: vec!["PATH=/".into()],
         cwd: "/".into(),
         user: (0, 0),
@@ -476,21 +728,38 @@ async fn measure_runsc(dir: &Path, bin: &Path, size: usize) -> Result<Runsc> {
         .restore(&restored, &spec(&restored), &Network::Loopback, &image_dir)
         .await?;
     // runsc returns before the sandbox has loaded its state (a signal sent now is lost): the
-    // restore ends when the sandbox runs a command (the program without arguments exits 2).
-    loop {
-        if let Ok(out) = engine.exec(&restored, &["/bench".to_owned()], &[]).await
-            && out.exit_code == 2
-        {
-            break;
+    // restore ends when the sandbox runs a command. The command is the program's client
+    // (`bench ask PORT`: 0 with the answer, 10 without one), so the first time it runs ends
+    // the restore, and the first time it gets an answer is the first response — which
+    // includes a `runsc exec` (tens of ms).
+    let ask = ["/bench".to_owned(), "ask".to_owned(), port.clone()];
+    let mut restore = None;
+    let (response, answer) = loop {
+        if let Ok(out) = engine.exec(&restored, &ask, &[]).await {
+            if out.exit_code == 0 || out.exit_code == 10 {
+                restore.get_or_insert(t0.elapsed());
+            }
+            if out.exit_code == 0 {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let answer = text.trim().parse().with_context(|| {
+                    format!("the program under runsc answered {text:?}, not a number")
+                })?;
+                break (t0.elapsed(), answer);
+            }
         }
         anyhow::ensure!(
             t0.elapsed() < limit,
-            "the restored sandbox did not run a command within {} s",
+            "the restored sandbox did not {} within {} s",
+            if restore.is_some() {
+                "answer a request"
+            } else {
+                "run a command"
+            },
             limit.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let restore = t0.elapsed();
+    };
+    let restore = restore.unwrap_or(response);
     // Not `runsc kill --all` (the engine's kill): a restored sandbox's processes still carry
     // the old container's id, so --all finds none; the container's init process is the program.
     let signalled = tokio::process::Command::new("runsc")
@@ -519,6 +788,8 @@ async fn measure_runsc(dir: &Path, bin: &Path, size: usize) -> Result<Runsc> {
         checkpoint,
         image_bytes,
         restore,
+        response,
+        answer,
         verdict,
     })
 }
@@ -531,12 +802,17 @@ fn secs(time: Duration) -> String {
     format!("{:.2} s", time.as_secs_f64())
 }
 
+fn ms(time: Duration) -> String {
+    format!("{:.1} ms", time.as_secs_f64() * 1e3)
+}
+
 fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
     println!(
         "podsnap bench native: a C program with N MiB of touched memory (mixed pattern), native \
          engine vs the snapshot repository vs runsc{}; {} CPUs; images, staging and a local \
          repository in {} ({}; checkpoints are synced to it); GB/s = 10^9 bytes of page data \
-         per second",
+         per second; first response = a one-byte request over TCP that the program answers \
+         by reading a byte of each of {SAMPLE_PAGES} pseudo-random pages of its memory",
         if runsc_version.is_empty() {
             String::new()
         } else {
@@ -557,6 +833,7 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
         format!("{:.0} MiB", mib(n.page_bytes))
     });
     row("cold start (exec to ready)", &|n, _| secs(n.cold));
+    row("cold start to first response", &|n, _| ms(n.cold_response));
     row("native checkpoint", &|n, _| {
         format!(
             "{} {:.2} GB/s",
@@ -570,6 +847,39 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
             secs(n.restore),
             gbs(n.page_bytes, n.restore)
         )
+    });
+    row("eager restore to first response", &|n, _| {
+        ms(n.eager_response)
+    });
+    row("lazy restore to first response", &|n, _| {
+        format!(
+            "{} (running after {})",
+            ms(n.lazy.response),
+            ms(n.lazy.resumed)
+        )
+    });
+    row("  lazy demand faults (wait p50/p99)", &|n, _| {
+        faults(&n.lazy.stats)
+    });
+    row(
+        "  lazy background fill",
+        &|n, _| match n.lazy.stats.fully_resident {
+            Some(t) => format!("{:.2} GB/s, all in after {}", gbs(n.page_bytes, t), secs(t)),
+            None => "the process ended first".into(),
+        },
+    );
+    row("prefetch restore to first response", &|n, _| {
+        format!(
+            "{} (running after {})",
+            ms(n.prefetched.response),
+            ms(n.prefetched.resumed)
+        )
+    });
+    row("  prefetch demand faults (wait p50/p99)", &|n, _| {
+        faults(&n.prefetched.stats)
+    });
+    row("  prefetch faults fewer than lazy", &|n, _| {
+        format!("{:.1}%", fewer_faults(n))
     });
     row("repository read (streams to a sink)", &|n, _| {
         format!(
@@ -641,6 +951,13 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
         }),
     );
     row(
+        "runsc restore to first response",
+        &runsc(|r, _| format!("{} (runsc exec)", ms(r.response))),
+    );
+    row("first responses agree (page sample sums)", &|n, r| {
+        agree(n, r.as_ref().ok())
+    });
+    row(
         "runsc restored memory check",
         &runsc(|r, _| r.verdict.clone()),
     );
@@ -699,6 +1016,45 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
         "goal: native eager restore >= {RESTORE_GOAL_PERCENT}% of the repository's read throughput: {}",
         restore_goal.join("; ")
     );
+    let each = |f: &dyn Fn(&Native) -> (String, bool)| -> String {
+        sizes
+            .iter()
+            .zip(rows)
+            .map(|(size, (n, _))| {
+                let (got, ok) = f(n);
+                format!("{size} MiB {got} {}", met(ok))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    println!(
+        "goal: lazy restore first response within {} ms of the restore starting: {}",
+        FIRST_RESPONSE_GOAL.as_millis(),
+        each(&|n| (ms(n.lazy.response), n.lazy.response <= FIRST_RESPONSE_GOAL))
+    );
+    println!(
+        "goal: lazy background fill >= {FILL_GOAL_GBS} GB/s from a warm node cache: {}",
+        each(&|n| match n.lazy.stats.fully_resident {
+            Some(t) => {
+                let got = gbs(n.page_bytes, t);
+                (format!("{got:.2} GB/s"), got >= FILL_GOAL_GBS)
+            }
+            None => ("(ended first)".into(), false),
+        })
+    );
+    println!(
+        "goal: prefetch of the recorded working set >= {PREFETCH_GOAL_PERCENT}% fewer demand faults: {}",
+        each(&|n| {
+            let fewer = fewer_faults(n);
+            (
+                format!(
+                    "{} -> {} ({fewer:.1}% fewer)",
+                    n.lazy.stats.demand_faults, n.prefetched.stats.demand_faults
+                ),
+                fewer >= PREFETCH_GOAL_PERCENT,
+            )
+        })
+    );
 }
 
 /// Eager restore throughput as a share of the repository's read throughput, in %.
@@ -707,5 +1063,48 @@ fn restore_share(n: &Native) -> f64 {
 }
 
 fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "missed" }
+    if ok { "met" } else { "not met" }
+}
+
+/// A lazy restore's demand faults and the wait for each.
+fn faults(s: &LazyStats) -> String {
+    format!(
+        "{} ({} / {}), {:.1} MiB",
+        s.demand_faults,
+        short(s.fault_p50),
+        short(s.fault_p99),
+        mib(s.demand_bytes)
+    )
+}
+
+/// How many % fewer demand faults the prefetched lazy restore took than the plain one.
+fn fewer_faults(n: &Native) -> f64 {
+    let (plain, prefetched) = (n.lazy.stats.demand_faults, n.prefetched.stats.demand_faults);
+    if plain == 0 {
+        return if prefetched == 0 { 100.0 } else { 0.0 };
+    }
+    100.0 * (plain as f64 - prefetched as f64) / plain as f64
+}
+
+/// Whether every first response (native, and runsc's when it ran) carried the same sum.
+fn agree(n: &Native, runsc: Option<&Runsc>) -> String {
+    let mut answers = n.answers.clone();
+    if let Some(r) = runsc {
+        answers.push(("runsc", r.answer));
+    }
+    if answers.iter().all(|(_, a)| *a == answers[0].1) {
+        format!("yes ({} sums {})", answers.len(), answers[0].1)
+    } else {
+        let each: Vec<String> = answers.iter().map(|(l, a)| format!("{l} {a}")).collect();
+        format!("NO: {}", each.join(", "))
+    }
+}
+
+/// A short duration: µs below a millisecond, else ms.
+fn short(time: Duration) -> String {
+    if time < Duration::from_millis(1) {
+        format!("{} µs", time.as_micros())
+    } else {
+        format!("{:.1} ms", time.as_secs_f64() * 1e3)
+    }
 }

@@ -339,8 +339,16 @@ fn bench_native_prints_every_row_and_goal() {
         "size",
         "memory (page data)",
         "cold start (exec to ready)",
+        "cold start to first response",
         "native checkpoint",
         "native eager restore",
+        "eager restore to first response",
+        "lazy restore to first response",
+        "  lazy demand faults (wait p50/p99)",
+        "  lazy background fill",
+        "prefetch restore to first response",
+        "  prefetch demand faults (wait p50/p99)",
+        "  prefetch faults fewer than lazy",
         "repository read (streams to a sink)",
         "restore / repository read",
         "checkpoint through the repository",
@@ -351,6 +359,8 @@ fn bench_native_prints_every_row_and_goal() {
         "runsc cold start",
         "runsc checkpoint",
         "runsc restore",
+        "runsc restore to first response",
+        "first responses agree (page sample sums)",
         "runsc restored memory check",
     ];
     let lines: Vec<&str> = stdout.lines().collect();
@@ -374,6 +384,18 @@ fn bench_native_prints_every_row_and_goal() {
         row("restored memory check").trim_end().ends_with(" ok"),
         "{stdout}"
     );
+    // Every first response (cold, eager, lazy, prefetched, and runsc's where it ran) carried
+    // the same page sample sum, and the lazy restores brought all memory in.
+    let agree = row("first responses agree (page sample sums)");
+    assert!(agree.contains(" yes ("), "{stdout}");
+    assert!(
+        row("  lazy background fill").contains("all in after"),
+        "{stdout}"
+    );
+    assert!(
+        row("lazy restore to first response").contains(" ms"),
+        "{stdout}"
+    );
     let runsc = row("runsc restored memory check");
     assert!(
         runsc.trim_end().ends_with(" ok") || runsc.contains("runsc not installed"),
@@ -389,6 +411,20 @@ fn bench_native_prints_every_row_and_goal() {
         ),
         "{stdout}"
     );
+    for goal in [
+        "goal: lazy restore first response within 100 ms of the restore starting: 16 MiB ",
+        "goal: lazy background fill >= 1 GB/s from a warm node cache: 16 MiB ",
+        "goal: prefetch of the recorded working set >= 90% fewer demand faults: 16 MiB ",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(goal))
+            .unwrap_or_else(|| panic!("no goal {goal:?} in\n{stdout}"));
+        assert!(
+            line.ends_with(" met") || line.ends_with(" not met"),
+            "{stdout}"
+        );
+    }
     assert!(
         empty(&work),
         "the work directory was cleaned: {:?}",
