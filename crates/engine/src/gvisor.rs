@@ -296,10 +296,17 @@ impl GvisorEngine {
         let mut cmd = self.runsc(netns.as_deref(), network_flag);
         match restore_from {
             None => cmd.arg("create"),
-            Some(image) => cmd
-                .arg("restore")
-                .arg(format!("--image-path={}", image.display()))
-                .arg("--detach"),
+            Some(image) => {
+                cmd.arg("restore")
+                    .arg(format!("--image-path={}", image.display()))
+                    .arg("--detach");
+                // Lazy memory where this runsc has it; Debian's build restores eagerly (its
+                // features, in `podsnap node-info`, say "background (lazy) restore: no").
+                if self.features.background_restore {
+                    cmd.arg("--background");
+                }
+                &mut cmd
+            }
         };
         cmd.arg(format!("--bundle={}", bundle.display()))
             .arg(&spec.id);
