@@ -33,8 +33,8 @@ use tracing::info;
 use super::files;
 use super::image::{self, Manifest, PAGE, PagesWriter};
 use super::model::{
-    Backing, Caps, FdKind, MmLayout, PosixTimer, ProcessImage, ShmemObject, SigAction, ThreadState,
-    Vma, Zombie, to_hex,
+    Backing, FdKind, MmLayout, PosixTimer, ProcessImage, ShmemObject, SigAction, ThreadState, Vma,
+    Zombie, to_hex,
 };
 use super::procfs::{self, MapEntry, Stat};
 use super::sys::{self, Injector, TRAMPOLINE_CODE, Wait};
@@ -518,11 +518,7 @@ fn dump(
     dump_pages(pid, &vmas, shared, &mut writer)?;
     let pages = writer.finish()?;
 
-    let hex_caps = |k: &str| {
-        procfs::status_field(&status, k)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(0)
-    };
+    let creds = super::restore::Creds::from_status(&status);
     let mut rlimits = Vec::new();
     // RLIMIT_CPU (0) to RLIMIT_RTTIME (15).
     for r in 0..16u32 {
@@ -546,20 +542,10 @@ fn dump(
         personality: u64::from_str_radix(procfs::read_text(pid, "personality")?.trim(), 16)
             .unwrap_or(0),
         no_new_privs: procfs::status_field(&status, "NoNewPrivs") == Some("1"),
-        uids: procfs::status_ids(&status, "Uid").unwrap_or_default(),
-        gids: procfs::status_ids(&status, "Gid").unwrap_or_default(),
-        groups: procfs::status_field(&status, "Groups")
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect(),
-        caps: Caps {
-            inheritable: hex_caps("CapInh"),
-            permitted: hex_caps("CapPrm"),
-            effective: hex_caps("CapEff"),
-            bounding: hex_caps("CapBnd"),
-            ambient: hex_caps("CapAmb"),
-        },
+        uids: creds.uids,
+        gids: creds.gids,
+        groups: creds.groups,
+        caps: creds.caps,
         rlimits,
         itimers: process_state.itimers,
         mm,

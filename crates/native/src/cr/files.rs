@@ -27,7 +27,7 @@ use tracing::debug;
 
 use super::model::{Fd, FdKind, from_hex, to_hex};
 use super::procfs;
-use super::restore::{Call, Expect, Op, Stdio};
+use super::restore::{Expect, Op, Stdio};
 use super::sockets;
 use super::sys;
 use super::{CrError, Result};
@@ -794,38 +794,7 @@ mod planner {
     const TCPOPT_SACK_PERM: u32 = 4;
     const TCPOPT_TIMESTAMP: u32 = 8;
 
-    fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: String) -> Op {
-        Op::Syscall {
-            tid,
-            call: Call {
-                nr,
-                args,
-                data: None,
-                expect,
-                what,
-            },
-        }
-    }
-
-    fn call_with(
-        tid: i32,
-        nr: i64,
-        args: [u64; 6],
-        data: (u64, Vec<u8>),
-        expect: Expect,
-        what: String,
-    ) -> Op {
-        Op::Syscall {
-            tid,
-            call: Call {
-                nr,
-                args,
-                data: Some(data),
-                expect,
-                what,
-            },
-        }
-    }
+    use super::super::restore::{call, call_with};
 
     impl<'a> FilePlanner<'a> {
         /// A planner writing call arguments at `data` (a page free in every process).

@@ -127,6 +127,31 @@ pub struct Creds {
 }
 
 impl Creds {
+    /// The credentials `/proc/PID/status` shows.
+    pub fn from_status(status: &str) -> Creds {
+        let hex = |k: &str| {
+            procfs::status_field(status, k)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .unwrap_or(0)
+        };
+        Creds {
+            uids: procfs::status_ids(status, "Uid").unwrap_or_default(),
+            gids: procfs::status_ids(status, "Gid").unwrap_or_default(),
+            groups: procfs::status_field(status, "Groups")
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect(),
+            caps: Caps {
+                inheritable: hex("CapInh"),
+                permitted: hex("CapPrm"),
+                effective: hex("CapEff"),
+                bounding: hex("CapBnd"),
+                ambient: hex("CapAmb"),
+            },
+        }
+    }
+
     fn of(p: &ProcessImage) -> Creds {
         Creds {
             uids: p.uids,
@@ -311,7 +336,13 @@ impl PageSource for PagesFile {
     }
 }
 
-fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: impl Into<String>) -> Op {
+pub(crate) fn call(
+    tid: i32,
+    nr: i64,
+    args: [u64; 6],
+    expect: Expect,
+    what: impl Into<String>,
+) -> Op {
     Op::Syscall {
         tid,
         call: Call {
@@ -324,7 +355,7 @@ fn call(tid: i32, nr: i64, args: [u64; 6], expect: Expect, what: impl Into<Strin
     }
 }
 
-fn call_with(
+pub(crate) fn call_with(
     tid: i32,
     nr: i64,
     args: [u64; 6],
@@ -2056,28 +2087,7 @@ fn check_runs(dir: &Path, p: &ProcessImage) -> Result<()> {
 
 /// The credentials of process `pid`.
 fn creds_of(pid: i32) -> Result<Creds> {
-    let status = procfs::read_text(pid, "status")?;
-    let hex = |k: &str| {
-        procfs::status_field(&status, k)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(0)
-    };
-    Ok(Creds {
-        uids: procfs::status_ids(&status, "Uid").unwrap_or_default(),
-        gids: procfs::status_ids(&status, "Gid").unwrap_or_default(),
-        groups: procfs::status_field(&status, "Groups")
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect(),
-        caps: Caps {
-            inheritable: hex("CapInh"),
-            permitted: hex("CapPrm"),
-            effective: hex("CapEff"),
-            bounding: hex("CapBnd"),
-            ambient: hex("CapAmb"),
-        },
-    })
+    Ok(Creds::from_status(&procfs::read_text(pid, "status")?))
 }
 
 /// Restores the process tree in `dir`, with its PIDs and TIDs, as children of this process;
