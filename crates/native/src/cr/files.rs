@@ -1134,27 +1134,8 @@ mod planner {
                             Expect::Any,
                             format!("F_SETPIPE_SZ of the pipe for fd {}", f.fd),
                         ));
-                        let (mine, mut other) = if *write { (w, r) } else { (r, w) };
-                        if finals.contains(&other) {
-                            let park = self.lowest_free(pid, &finals);
-                            ops.push(call(
-                                pid,
-                                libc::SYS_dup3,
-                                [other as u64, park as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
-                                Expect::Eq(park as u64),
-                                format!("dup3 of the pipe's other end to fd {park}"),
-                            ));
-                            ops.push(call(
-                                pid,
-                                libc::SYS_close,
-                                [other as u64, 0, 0, 0, 0, 0],
-                                Expect::Zero,
-                                format!("close of fd {other}"),
-                            ));
-                            self.closed(pid, other);
-                            self.opened(pid, park);
-                            other = park;
-                        }
+                        let (mine, other) = if *write { (w, r) } else { (r, w) };
+                        let other = self.park(ops, pid, other, &finals);
                         self.settle(ops, pid, mine, f.fd, cloexec_of(*flags));
                         self.temps.entry(pid).or_default().push(other);
                         let (rfd, wfd) = if *write { (other, f.fd) } else { (f.fd, other) };
