@@ -1147,19 +1147,7 @@ mod planner {
                                 write: wfd,
                             },
                         );
-                        let bytes = from_hex(bytes).ok_or_else(|| {
-                            CrError::Incompatible(format!(
-                                "the bytes of the pipe at fd {} are not hex",
-                                f.fd
-                            ))
-                        })?;
-                        if !bytes.is_empty() {
-                            ops.push(Op::FillPipe {
-                                pid,
-                                fd: wfd,
-                                data: bytes,
-                            });
-                        }
+                        write_saved(ops, pid, wfd, bytes, "the bytes of the pipe", f.fd)?;
                         set_flags(ops, pid, f.fd, *flags);
                     }
                     FdKind::EventFd { count, flags } => {
@@ -1713,19 +1701,7 @@ mod planner {
                             self.opened(pid, low);
                             let t = self.park(ops, pid, low, &finals);
                             self.temps.entry(pid).or_default().push(t);
-                            let bytes = from_hex(bytes).ok_or_else(|| {
-                                CrError::Incompatible(format!(
-                                    "the bytes of the FIFO at fd {} are not hex",
-                                    f.fd
-                                ))
-                            })?;
-                            if !bytes.is_empty() {
-                                ops.push(Op::FillPipe {
-                                    pid,
-                                    fd: t,
-                                    data: bytes,
-                                });
-                            }
+                            write_saved(ops, pid, t, bytes, "the bytes of the FIFO", f.fd)?;
                         }
                         let low = self.lowest_open_slot(pid);
                         let flags = *flags as i32 & OPEN_FLAGS_KEPT;
@@ -1769,19 +1745,7 @@ mod planner {
                         ));
                         self.opened(pid, low);
                         let t = self.park(ops, pid, low, &finals);
-                        let bytes = from_hex(bytes).ok_or_else(|| {
-                            CrError::Incompatible(format!(
-                                "the contents of the deleted file at fd {} are not hex",
-                                f.fd
-                            ))
-                        })?;
-                        if !bytes.is_empty() {
-                            ops.push(Op::FillPipe {
-                                pid,
-                                fd: t,
-                                data: bytes,
-                            });
-                        }
+                        write_saved(ops, pid, t, bytes, "the contents of the deleted file", f.fd)?;
                         // Re-opened with its own flags through /proc.
                         let low = self.lowest_open_slot(pid);
                         let flags = *flags as i32 & OPEN_FLAGS_KEPT & !libc::O_CREAT;
@@ -1924,6 +1888,24 @@ mod planner {
                 }
             }
         }
+    }
+
+    /// Writes saved bytes (hex, as in the image; `what` names them in errors) through fd `fd`
+    /// of `pid` — nothing when there are none.
+    fn write_saved(
+        ops: &mut Vec<Op>,
+        pid: i32,
+        fd: i32,
+        hex: &str,
+        what: &str,
+        saved_fd: i32,
+    ) -> Result<()> {
+        let data = from_hex(hex)
+            .ok_or_else(|| CrError::Incompatible(format!("{what} at fd {saved_fd} are not hex")))?;
+        if !data.is_empty() {
+            ops.push(Op::WriteFd { pid, fd, data });
+        }
+        Ok(())
     }
 
     /// Sets the saved close-on-exec and non-blocking flags of a pipe end.

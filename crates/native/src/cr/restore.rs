@@ -223,11 +223,12 @@ pub enum Op {
         /// The process.
         pid: i32,
     },
-    /// Write bytes into a pipe through fd `fd` (its write end) of process `pid`.
-    FillPipe {
+    /// Write saved bytes through fd `fd` of process `pid`, opened again from here as
+    /// `/proc/PID/fd/FD`: a pipe's or FIFO's buffered bytes, an unnamed file's contents.
+    WriteFd {
         /// The process.
         pid: i32,
-        /// The fd of the pipe's write end.
+        /// The fd: a pipe's write end, a FIFO or a file open for writing.
         fd: i32,
         /// The bytes.
         data: Vec<u8>,
@@ -310,8 +311,8 @@ pub trait SeedOps {
     /// Registers `ranges` of process `pid` with a userfaultfd and starts serving `runs` (and
     /// zeros elsewhere in the ranges) into them, on demand first and in the background.
     fn serve_lazily(&mut self, pid: i32, ranges: &[(u64, u64)], runs: Vec<PageRun>) -> Result<()>;
-    /// Writes bytes into the pipe behind fd `fd` of `pid`.
-    fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
+    /// Writes bytes into the pipe, FIFO or file behind fd `fd` of `pid`.
+    fn write_fd(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()>;
     /// Sets a resource limit of `pid`.
     fn set_rlimit(&mut self, pid: i32, resource: u32, soft: u64, hard: u64) -> Result<()>;
     /// Sets the blocked signal mask of `tid`.
@@ -1669,7 +1670,7 @@ pub fn execute(plan: &[Op], pages: &TreePages<'_>, seed: &mut dyn SeedOps) -> Re
                     }
                 }
             }
-            Op::FillPipe { pid, fd, data } => seed.fill_pipe(*pid, *fd, data)?,
+            Op::WriteFd { pid, fd, data } => seed.write_fd(*pid, *fd, data)?,
             Op::SetRlimit {
                 pid,
                 resource,
@@ -1849,7 +1850,7 @@ impl SeedOps for LiveSeeds {
         }
     }
 
-    fn fill_pipe(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()> {
+    fn write_fd(&mut self, pid: i32, fd: i32, data: &[u8]) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = format!("/proc/{}/fd/{fd}", self.host(pid)?);
@@ -1860,10 +1861,7 @@ impl SeedOps for LiveSeeds {
             .and_then(|mut f| f.write_all(data))
             .map_err(|source| CrError::Proc {
                 pid,
-                what: format!(
-                    "writing {} saved bytes into the pipe at fd {fd}",
-                    data.len()
-                ),
+                what: format!("writing {} saved bytes through its fd {fd}", data.len()),
                 source,
             })
     }
@@ -2574,7 +2572,7 @@ mod tests {
             self.tasks.remove(&tid);
             Ok(())
         }
-        fn fill_pipe(&mut self, pid: i32, fd: i32, _: &[u8]) -> Result<()> {
+        fn write_fd(&mut self, pid: i32, fd: i32, _: &[u8]) -> Result<()> {
             let o = self.fds[&pid].get(&(fd as u64)).cloned();
             assert_eq!(
                 o.map(|o| o.0),
