@@ -9,6 +9,11 @@
 //!   for new write markers between batches of deletions, stopping when one appears;
 //! - a writer whose write overlapped a sweep checks that every chunk it reused still exists
 //!   before writing its manifest, and fails cleanly (nothing committed) if one is gone.
+//!
+//! A snapshot is its manifest: objects under `snapshots/<id>/` without one (a working set left
+//! by a deletion that stopped halfway, or stored while the snapshot was being deleted) are not
+//! snapshots, and `gc` deletes such orphan working sets once they are older than the grace
+//! period.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -75,6 +80,9 @@ pub struct GcReport {
     pub writes_in_progress: Vec<String>,
     /// Stale write markers removed.
     pub stale_writes_removed: Vec<String>,
+    /// Snapshot ids whose working set was deleted (or, in a dry run, would be) because their
+    /// manifest is gone.
+    pub orphan_working_sets: Vec<String>,
 }
 
 /// What verifying a snapshot found.
@@ -111,25 +119,49 @@ impl Repository {
         Ok(out)
     }
 
+    /// Ids of the snapshots: those with a manifest (other objects under `snapshots/<id>/` do
+    /// not make a snapshot).
     async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self.snapshot_objects().await?.0)
+    }
+
+    /// Ids of the snapshots, and the working-set objects with their snapshot ids.
+    async fn snapshot_objects(
+        &self,
+    ) -> Result<(Vec<String>, Vec<(String, object_store::ObjectMeta)>)> {
         let listing = self
             .inner
             .list(&layout::snapshots(), "listing snapshots")
             .await?;
-        let mut ids: Vec<String> = listing
-            .iter()
-            .filter(|m| m.location.filename() == Some("manifest.json"))
-            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_owned()))
-            .collect();
+        let mut ids = Vec::new();
+        let mut working_sets = Vec::new();
+        for meta in listing {
+            let parts: Vec<_> = meta.location.parts().collect();
+            // Exactly snapshots/<id>/<name>: nothing else is ours.
+            let [_, id, name] = parts.as_slice() else {
+                continue;
+            };
+            let id = id.as_ref().to_owned();
+            match name.as_ref() {
+                "manifest.json" => ids.push(id),
+                "working-set.json" => working_sets.push((id, meta)),
+                _ => {}
+            }
+        }
         ids.sort();
         ids.dedup();
-        Ok(ids)
+        Ok((ids, working_sets))
     }
 
-    /// Deletes a snapshot: its manifest goes at once (the snapshot is no longer visible); its
-    /// chunks stay until `gc` finds them unreferenced, since other snapshots may share them.
+    /// Deletes a snapshot: its working set and manifest go at once (the snapshot is no longer
+    /// visible); its chunks stay until `gc` finds them unreferenced, since other snapshots may
+    /// share them.
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.manifest(id).await?;
+        // The working set first: stopping halfway leaves a snapshot without one, not an orphan.
+        self.inner
+            .delete(&layout::working_set(id), "deleting the working set")
+            .await?;
         self.inner
             .delete(&layout::manifest(id), "deleting the manifest")
             .await?;
@@ -185,7 +217,7 @@ impl Repository {
     }
 
     /// Deletes chunks no snapshot references (see the module docs for why this is safe while
-    /// snapshots are being written).
+    /// snapshots are being written), and working sets whose snapshot is gone.
     pub async fn gc(&self, options: &GcOptions) -> Result<GcReport> {
         self.config().await?;
         let mut report = GcReport::default();
@@ -195,8 +227,12 @@ impl Repository {
             report.writes_in_progress = live;
             return Ok(report);
         }
+        let (ids, working_sets) = self.snapshot_objects().await?;
+        let cutoff = now.as_second() - options.grace.as_secs() as i64;
+        self.remove_orphan_working_sets(&ids, working_sets, cutoff, options, &mut report)
+            .await?;
         let mut referenced = HashSet::new();
-        for id in self.snapshot_ids().await? {
+        for id in ids {
             let manifest: Manifest = self.manifest(&id).await?;
             report.snapshots += 1;
             referenced.extend(
@@ -208,7 +244,6 @@ impl Repository {
         }
         report.referenced_chunks = referenced.len();
         let chunks = self.inner.list(&layout::chunks(), "listing chunks").await?;
-        let cutoff = now.as_second() - options.grace.as_secs() as i64;
         let mut victims = Vec::new();
         for meta in chunks {
             let Some(id) = layout::chunk_id_of(&meta.location) else {
@@ -262,6 +297,32 @@ impl Repository {
         })
         .await?;
         Ok(report)
+    }
+
+    /// Deletes working sets whose snapshot has no manifest, once they are older than the
+    /// grace period (so a snapshot whose manifest the listing missed while it was written keeps
+    /// a working set stored just after).
+    async fn remove_orphan_working_sets(
+        &self,
+        ids: &[String],
+        working_sets: Vec<(String, object_store::ObjectMeta)>,
+        cutoff: i64,
+        options: &GcOptions,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let live: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for (id, meta) in working_sets {
+            if live.contains(id.as_str()) || meta.last_modified.timestamp() > cutoff {
+                continue;
+            }
+            if !options.dry_run {
+                self.inner
+                    .delete(&meta.location, "deleting an orphan working set")
+                    .await?;
+            }
+            report.orphan_working_sets.push(id);
+        }
+        Ok(())
     }
 
     async fn write_sweep_record(&self, record: &SweepRecord) -> Result<()> {

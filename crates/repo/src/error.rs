@@ -71,6 +71,17 @@ pub enum RepoError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A snapshot's stored working set (see [`crate::working_set`]) that does not decode or
+    /// does not fit the snapshot. It only orders prefetching, so the snapshot itself is fine.
+    #[error(
+        "{object}: {problem}; a working set only orders prefetching, so restores go on without it: ignore it, and the next lazy restore records it again"
+    )]
+    CorruptWorkingSet {
+        /// The object path.
+        object: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A chunk a snapshot refers to is gone.
     #[error(
         "snapshot {snapshot}: chunk {chunk} is missing from the repository; the snapshot cannot be restored: delete it (`podsnap repo rm`) and take a new one"

@@ -1,9 +1,10 @@
 //! Client-side encryption keys.
 //!
 //! A repository is either plain or encrypted with one 256-bit key. Two sub-keys are derived from
-//! it with BLAKE3's key derivation: one for XChaCha20-Poly1305 encryption of chunks and
-//! manifests, one for keyed chunk ids — so ids reveal nothing about the content and dedup
-//! works only among snapshots written with the same key.
+//! it with BLAKE3's key derivation: one for XChaCha20-Poly1305 encryption of chunks, one for
+//! keyed chunk ids — so ids reveal nothing about the content and dedup works only among
+//! snapshots written with the same key. Manifests and working sets hold no content and are
+//! plain JSON; a manifest records the key's id, which readers check.
 
 use std::fmt;
 use std::path::Path;

@@ -4,6 +4,7 @@
 //! podsnap-repo.json                 repository config: format version, encryption key id
 //! chunks/<2 hex>/<64 hex>           chunk objects, by id
 //! snapshots/<id>/manifest.json      a snapshot's manifest (written last; its presence = the snapshot)
+//! snapshots/<id>/working-set.json   what a lazy restore of the snapshot read first (optional)
 //! pending/<id>.json                 a snapshot being written (for garbage collection)
 //! gc/last-sweep.json                when the last sweep of unreferenced chunks ran
 //! ```
@@ -37,6 +38,11 @@ pub fn chunk_id_of(path: &Path) -> Option<ChunkId> {
 /// A snapshot's manifest.
 pub fn manifest(snapshot: &str) -> Path {
     Path::from(format!("snapshots/{snapshot}/manifest.json"))
+}
+
+/// A snapshot's recorded working set (see [`crate::working_set`]).
+pub fn working_set(snapshot: &str) -> Path {
+    Path::from(format!("snapshots/{snapshot}/working-set.json"))
 }
 
 /// The prefix of all snapshots.
