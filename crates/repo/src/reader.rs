@@ -299,6 +299,17 @@ impl PriorityFetcher {
         }
     }
 
+    /// Moves chunks `indices` ahead of the background order, in this order, without waiting
+    /// for them (e.g. a recorded working set, fetched first).
+    pub fn prioritize(&self, indices: &[usize]) {
+        let mut state = self.shared.state.lock().expect("fetch lock");
+        for &i in indices {
+            if matches!(state.slots.get(i), Some(Slot::Waiting(_))) && !state.urgent.contains(&i) {
+                state.urgent.push_back(i);
+            }
+        }
+    }
+
     /// Waits until every chunk was delivered; the first failure, if any.
     pub async fn wait_all(&self) -> Result<()> {
         loop {

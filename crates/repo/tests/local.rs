@@ -544,6 +544,36 @@ async fn requested_chunks_overtake_the_background_fill() {
 }
 
 #[tokio::test]
+async fn prioritized_chunks_come_first_in_their_order() {
+    let memory = InMemory::new();
+    let plain = repo_on(Arc::new(memory.clone()), RepoOptions::default());
+    let data = random_bytes(40 * (16 << 10), 13);
+    write_snapshot(&plain, "snap", &[("memory/pages", SMALL_FIXED, data)]).await;
+    let slow = ThrottledStore::new(
+        memory,
+        ThrottleConfig {
+            wait_get_per_call: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
+    let repo = repo_on(Arc::new(slow), RepoOptions::default());
+    let snapshot = repo.open_snapshot("snap").await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let order = Arc::clone(&order);
+        Arc::new(move |index: usize, _: Vec<u8>| order.lock().unwrap().push(index))
+    };
+    let fetcher = snapshot.fetcher("memory/pages", 1, sink).unwrap();
+    fetcher.prioritize(&[30, 20, 39, 30]);
+    fetcher.wait_all().await.unwrap();
+    let order = order.lock().unwrap().clone();
+    let at = |i| order.iter().position(|&o| o == i).unwrap();
+    assert!(at(30) < at(20) && at(20) < at(39), "{order:?}");
+    assert!(at(39) <= 2, "the working set overtakes the fill: {order:?}");
+    assert_eq!(order.len(), 40, "every chunk once");
+}
+
+#[tokio::test]
 async fn snapshots_are_listed_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let repo = local_repo(dir.path(), None);
