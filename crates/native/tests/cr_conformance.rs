@@ -135,7 +135,8 @@ fn a_taken_pid_and_a_corrupt_image_are_clear_errors() {
     assert_eq!(wait_result(&result), "ok");
     child.wait().unwrap();
 
-    // Corrupt page data: refused before any process is made.
+    // Corrupt page data: the restore fails when it reads the block, and kills (and reaps)
+    // the process it was making.
     let pages = img.join(format!("pages-{pid}.img"));
     let mut data = std::fs::read(&pages).unwrap();
     let last = data.len() - 1;
@@ -151,7 +152,7 @@ fn a_taken_pid_and_a_corrupt_image_are_clear_errors() {
     let m = std::fs::read_to_string(img.join("manifest.json")).unwrap();
     std::fs::write(
         img.join("manifest.json"),
-        m.replacen("\"version\": 2", "\"version\": 99", 1),
+        m.replacen("\"version\": 3", "\"version\": 99", 1),
     )
     .unwrap();
     let err = cr::restore(&img, &RestoreOptions::default()).unwrap_err();

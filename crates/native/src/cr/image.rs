@@ -1,20 +1,28 @@
 //! The image on disk: a directory with
 //!
-//! - `manifest.json`: `{"magic": "podsnap-native-image", "version": 2, ...}` — the kernel
+//! - `manifest.json`: `{"magic": "podsnap-native-image", "version": 3, ...}` — the kernel
 //!   release it was taken on and the process tree: every process's state ([`ProcessImage`],
 //!   parents before children), with the name and index of its page file;
 //! - `pages-<pid>.img`, one per process: a 16-byte header (`PSNPAGES`, page-file format
 //!   version, page size, little-endian) and then the saved pages, run after run; the manifest
-//!   holds its data length, its CRC-32 and the index (address, page count, offset of each run).
+//!   holds its data length, the index (address, page count, offset of each run) and a CRC-32
+//!   of every block of [`PAGES_CHECK_BLOCK`] bytes of the data (the last one may be shorter).
 //!
 //! The manifest is written last, by rename, so a directory without one holds no image.
-//! [`read_image`] validates everything (magic, version, lengths, index, checksum) before a
-//! restore touches anything.
+//! [`read_image`] validates the manifest (magic, version, tree, indexes, block counts) and
+//! each page file's length and header before a restore touches anything, without reading
+//! the page data: [`PagesFile::read_at`] verifies the checksum of every block it reads, so
+//! page data is checked as it is restored, and a corrupt block is an
+//! [`std::io::ErrorKind::InvalidData`] error naming the file and the block. The page files
+//! are read through a [`ByteSource`] — local files by default, or any other source of their
+//! bytes ([`read_image_with`]).
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +32,7 @@ use super::{CrError, Result};
 /// The manifest's magic string.
 pub const MAGIC: &str = "podsnap-native-image";
 /// The manifest format version this code writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The page-file format version this code writes and reads.
 pub const PAGES_VERSION: u32 = 1;
 /// The manifest's file name.
@@ -51,6 +59,11 @@ pub const PAGES_MAGIC: &[u8; 8] = b"PSNPAGES";
 pub const PAGES_HEADER: u64 = 16;
 /// The page size this format assumes.
 pub const PAGE: u64 = 4096;
+/// The size of the blocks of page data whose checksums the manifest holds (64 KiB), as
+/// written; a reader takes [`PagesInfo::block_size`].
+pub const PAGES_CHECK_BLOCK: u64 = 64 << 10;
+/// The largest block size a reader accepts (16 MiB): every read covers whole blocks.
+pub const MAX_CHECK_BLOCK: u64 = 16 << 20;
 
 /// The manifest.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -75,8 +88,12 @@ pub struct PagesInfo {
     pub file: String,
     /// Bytes of page data after the header.
     pub data_len: u64,
-    /// CRC-32 (IEEE) of the page data.
-    pub crc32: u32,
+    /// Bytes per checksummed block of the page data: a power of two, a multiple of
+    /// [`PAGE`], at most [`MAX_CHECK_BLOCK`] ([`PAGES_CHECK_BLOCK`] when written).
+    pub block_size: u64,
+    /// CRC-32 (IEEE) of each consecutive `block_size` bytes of the page data (the last block
+    /// may be shorter): `ceil(data_len / block_size)` of them.
+    pub block_crc32: Vec<u32>,
     /// The runs, in address order.
     pub runs: Vec<PageRun>,
 }
@@ -110,7 +127,10 @@ pub struct PagesWriter {
     name: String,
     path: PathBuf,
     out: BufWriter<File>,
-    crc: crc32fast::Hasher,
+    /// The checksum of the block being written, and its bytes so far.
+    block: crc32fast::Hasher,
+    block_fill: u64,
+    block_crc32: Vec<u32>,
     len: u64,
     runs: Vec<PageRun>,
 }
@@ -130,7 +150,9 @@ impl PagesWriter {
             name: name.to_string(),
             path,
             out,
-            crc: crc32fast::Hasher::new(),
+            block: crc32fast::Hasher::new(),
+            block_fill: 0,
+            block_crc32: Vec::new(),
             len: 0,
             runs: Vec::new(),
         })
@@ -143,7 +165,7 @@ impl PagesWriter {
         self.out
             .write_all(data)
             .map_err(io_err(&self.path, "writing"))?;
-        self.crc.update(data);
+        self.checksum(data);
         let pages = data.len() as u64 / PAGE;
         match self.runs.last_mut() {
             Some(r) if r.addr + r.pages * PAGE == addr && r.offset + r.pages * PAGE == self.len => {
@@ -159,8 +181,28 @@ impl PagesWriter {
         Ok(())
     }
 
+    /// Adds `data` to the block checksums, closing each block as it fills.
+    fn checksum(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (PAGES_CHECK_BLOCK - self.block_fill).min(data.len() as u64) as usize;
+            let (now, rest) = data.split_at(room);
+            self.block.update(now);
+            self.block_fill += room as u64;
+            if self.block_fill == PAGES_CHECK_BLOCK {
+                let full = std::mem::replace(&mut self.block, crc32fast::Hasher::new());
+                self.block_crc32.push(full.finalize());
+                self.block_fill = 0;
+            }
+            data = rest;
+        }
+    }
+
     /// Flushes and syncs the file; its description for the manifest.
-    pub fn finish(self) -> Result<PagesInfo> {
+    pub fn finish(mut self) -> Result<PagesInfo> {
+        if self.block_fill > 0 {
+            let last = std::mem::replace(&mut self.block, crc32fast::Hasher::new());
+            self.block_crc32.push(last.finalize());
+        }
         let file = self
             .out
             .into_inner()
@@ -169,7 +211,8 @@ impl PagesWriter {
         Ok(PagesInfo {
             file: self.name,
             data_len: self.len,
-            crc32: self.crc.finalize(),
+            block_size: PAGES_CHECK_BLOCK,
+            block_crc32: self.block_crc32,
             runs: self.runs,
         })
     }
@@ -190,22 +233,185 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// A validated page file, read by offset.
-#[derive(Debug)]
-pub struct PagesFile {
-    file: File,
-}
-
-impl PagesFile {
-    /// Reads `buf.len()` bytes at `offset` of the page data.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, PAGES_HEADER + offset)
+/// The bytes of one file of an image, by offset: a local file, or one still arriving from a
+/// repository.
+pub trait ByteSource: Send + Sync {
+    /// The file's length in bytes.
+    fn len(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// Reads and validates an image: the manifest (magic, version, tree, indexes) and every page
-/// file (header, length, checksum); the page files in the order of the processes.
+/// Opens a page file of an image by its full path.
+pub type PagesOpener = dyn Fn(&Path) -> std::io::Result<Arc<dyn ByteSource>> + Send + Sync;
+
+/// A local file as a [`ByteSource`], its length taken when opened.
+#[derive(Debug)]
+pub struct LocalFile {
+    file: File,
+    len: u64,
+}
+
+impl LocalFile {
+    /// Opens the file at `path` for reading.
+    pub fn open(path: &Path) -> std::io::Result<LocalFile> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(LocalFile { file, len })
+    }
+}
+
+impl ByteSource for LocalFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// The [`PagesOpener`] of local files: the page files in the image directory.
+pub fn open_local(path: &Path) -> std::io::Result<Arc<dyn ByteSource>> {
+    Ok(Arc::new(LocalFile::open(path)?))
+}
+
+thread_local! {
+    /// The buffer a thread reads whole blocks into, kept between reads up to
+    /// [`SCRATCH_KEEP`] bytes.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+/// The largest scratch buffer a thread keeps after a read (larger ones are freed).
+const SCRATCH_KEEP: usize = 9 << 20;
+
+/// A page file whose header and length are valid, read by offset through its
+/// [`ByteSource`]; every block read is checked against its checksum.
+pub struct PagesFile {
+    source: Arc<dyn ByteSource>,
+    path: PathBuf,
+    data_len: u64,
+    block_size: u64,
+    block_crc32: Vec<u32>,
+}
+
+impl std::fmt::Debug for PagesFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagesFile")
+            .field("path", &self.path)
+            .field("data_len", &self.data_len)
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PagesFile {
+    /// Reads `buf.len()` bytes at `offset` of the page data: the whole blocks that cover
+    /// them, in one read of the source, each checked against its checksum. A block that
+    /// does not match is an [`std::io::ErrorKind::InvalidData`] error naming the file and
+    /// the block; a range past the data an [`std::io::ErrorKind::UnexpectedEof`] one.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.data_len)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "page file {}: {} bytes at offset {offset:#x} go past the end of its \
+                         {} bytes of page data",
+                        self.path.display(),
+                        buf.len(),
+                        self.data_len
+                    ),
+                )
+            })?;
+        let first = offset / self.block_size;
+        let span_start = first * self.block_size;
+        let span_end = end
+            .div_ceil(self.block_size)
+            .saturating_mul(self.block_size)
+            .min(self.data_len);
+        if span_start == offset && span_end == end {
+            self.source.read_at(PAGES_HEADER + offset, buf)?;
+            return self.verify(first, buf);
+        }
+        let span = (span_start, span_end);
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let r = self.read_span(span, offset, buf, &mut scratch);
+                if scratch.len() > SCRATCH_KEEP {
+                    *scratch = Vec::new();
+                }
+                r
+            }
+            // A source that reads page files itself: a buffer of its own.
+            Err(_) => self.read_span(span, offset, buf, &mut Vec::new()),
+        })
+    }
+
+    /// Reads the whole blocks `span` (start, end) into `scratch`, checks them, and copies
+    /// the bytes at `offset` into `buf`.
+    fn read_span(
+        &self,
+        (start, end): (u64, u64),
+        offset: u64,
+        buf: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let len = (end - start) as usize;
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let data = &mut scratch[..len];
+        self.source.read_at(PAGES_HEADER + start, data)?;
+        self.verify(start / self.block_size, data)?;
+        let at = (offset - start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+
+    /// Checks `data`, whole blocks from block `first` on, against their checksums.
+    fn verify(&self, first: u64, data: &[u8]) -> std::io::Result<()> {
+        for (i, block) in data.chunks(self.block_size as usize).enumerate() {
+            let n = first + i as u64;
+            let want = self.block_crc32.get(n as usize).copied();
+            if want != Some(crc32fast::hash(block)) {
+                let start = n * self.block_size;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "page file {}: block {n} (page data {start:#x}..{:#x}, file offset \
+                         {:#x}) does not match its checksum: the image is corrupt; take the \
+                         checkpoint again, or check the storage it is on",
+                        self.path.display(),
+                        start + block.len() as u64,
+                        PAGES_HEADER + start,
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates an image from its directory: [`read_image_with`] of the page files
+/// there.
 pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
+    read_image_with(dir, &open_local)
+}
+
+/// Reads and validates an image: the manifest in `dir` (magic, version, tree, indexes,
+/// block checksum counts) and every page file, opened by `open` with its path in `dir`
+/// (length and header; its data is checked as it is read, by [`PagesFile::read_at`]); the
+/// page files in the order of the processes.
+pub fn read_image_with(dir: &Path, open: &PagesOpener) -> Result<(Manifest, Vec<PagesFile>)> {
     let mpath = dir.join(MANIFEST);
     let text = std::fs::read(&mpath).map_err(io_err(
         &mpath,
@@ -218,11 +424,14 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
     }
     let version = value.get("version").and_then(|v| v.as_u64());
     if version != Some(VERSION as u64) {
+        let found = version.map_or("no format version".to_string(), |v| {
+            format!("format version {v}")
+        });
         return Err(bad(
             &mpath,
             format!(
-                "format version {version:?}, this podsnap reads version {VERSION}: take the \
-                 checkpoint again with this podsnap"
+                "{found}, this podsnap reads version {VERSION} only: take the checkpoint \
+                 again with this podsnap"
             ),
         ));
     }
@@ -249,7 +458,8 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
     let mut files = Vec::new();
     for p in &manifest.processes {
         check_index(&mpath, &p.pages)?;
-        files.push(open_pages(dir, &p.pages)?);
+        check_blocks(&mpath, &p.pages)?;
+        files.push(open_pages(dir, &p.pages, open)?);
     }
     Ok((manifest, files))
 }
@@ -336,11 +546,11 @@ fn check_shmem(path: &Path, processes: &[ProcessImage]) -> Result<()> {
     Ok(())
 }
 
-/// Opens and validates one page file against its description.
-fn open_pages(dir: &Path, info: &PagesInfo) -> Result<PagesFile> {
+/// Opens one page file and validates its length and header against its description.
+fn open_pages(dir: &Path, info: &PagesInfo, open: &PagesOpener) -> Result<PagesFile> {
     let ppath = dir.join(&info.file);
-    let mut file = File::open(&ppath).map_err(io_err(&ppath, "opening"))?;
-    let len = file.metadata().map_err(io_err(&ppath, "stat"))?.len();
+    let source = open(&ppath).map_err(io_err(&ppath, "opening"))?;
+    let len = source.len();
     if len != PAGES_HEADER + info.data_len {
         return Err(bad(
             &ppath,
@@ -351,7 +561,8 @@ fn open_pages(dir: &Path, info: &PagesInfo) -> Result<PagesFile> {
         ));
     }
     let mut header = [0u8; PAGES_HEADER as usize];
-    file.read_exact(&mut header)
+    source
+        .read_at(0, &mut header)
         .map_err(io_err(&ppath, "reading"))?;
     if &header[..8] != PAGES_MAGIC
         || header[8..12] != PAGES_VERSION.to_le_bytes()
@@ -359,19 +570,43 @@ fn open_pages(dir: &Path, info: &PagesInfo) -> Result<PagesFile> {
     {
         return Err(bad(&ppath, "bad header (not a page file of this version)"));
     }
-    let mut crc = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(&ppath, "reading"))?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n]);
+    Ok(PagesFile {
+        source,
+        path: ppath,
+        data_len: info.data_len,
+        block_size: info.block_size,
+        block_crc32: info.block_crc32.clone(),
+    })
+}
+
+/// The block size must be a power of two, a multiple of the page and at most
+/// [`MAX_CHECK_BLOCK`], with one checksum per block of the data.
+fn check_blocks(path: &Path, pages: &PagesInfo) -> Result<()> {
+    let size = pages.block_size;
+    if !size.is_power_of_two() || !size.is_multiple_of(PAGE) || size > MAX_CHECK_BLOCK {
+        return Err(bad(
+            path,
+            format!(
+                "page file {}: checksum block size {size} is not a power of two from {PAGE} \
+                 to {MAX_CHECK_BLOCK}",
+                pages.file
+            ),
+        ));
     }
-    if crc.finalize() != info.crc32 {
-        return Err(bad(&ppath, "checksum mismatch: the page data is corrupt"));
+    let want = pages.data_len.div_ceil(size);
+    if pages.block_crc32.len() as u64 != want {
+        return Err(bad(
+            path,
+            format!(
+                "page file {}: {} block checksums for {} bytes of page data in blocks of \
+                 {size} (want {want}; truncated or corrupt manifest?)",
+                pages.file,
+                pages.block_crc32.len(),
+                pages.data_len
+            ),
+        ));
     }
-    Ok(PagesFile { file })
+    Ok(())
 }
 
 /// The index must be page-aligned, in address order, without overlaps, inside the data.
@@ -432,5 +667,189 @@ mod tests {
         bad_info.runs[1].addr = 0x8000;
         bad_info.runs[1].offset = 16384; // beyond the data
         assert!(check_index(Path::new("x"), &bad_info).is_err());
+    }
+
+    /// Pages with content that differs in every page.
+    fn pattern(pages: usize, salt: u8) -> Vec<u8> {
+        (0..pages * PAGE as usize)
+            .map(|i| (i / 7) as u8 ^ (i / PAGE as usize) as u8 ^ salt)
+            .collect()
+    }
+
+    /// A page file of `pages` pattern pages added in pieces of `pieces` pages (repeated);
+    /// its data and description.
+    fn write_pages(dir: &Path, pages: usize, pieces: &[usize]) -> (Vec<u8>, PagesInfo) {
+        let data = pattern(pages, 0x5a);
+        let mut w = PagesWriter::create(dir, "pages-1.img").unwrap();
+        let (mut at, mut i) = (0, 0);
+        while at < pages {
+            let n = pieces[i % pieces.len()].min(pages - at);
+            let bytes = &data[at * PAGE as usize..(at + n) * PAGE as usize];
+            w.add(0x10_0000 + at as u64 * PAGE, bytes).unwrap();
+            at += n;
+            i += 1;
+        }
+        (data, w.finish().unwrap())
+    }
+
+    #[test]
+    fn block_checksums_are_cut_at_block_boundaries_across_adds_of_odd_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        // 7 blocks of 16 pages and 5 pages more, in pieces of 1, 17, 3, 40 and 2 pages.
+        let pages = 7 * 16 + 5;
+        let (data, info) = write_pages(dir.path(), pages, &[1, 17, 3, 40, 2]);
+        assert_eq!(info.block_size, PAGES_CHECK_BLOCK);
+        assert_eq!(info.data_len, data.len() as u64);
+        let want: Vec<u32> = data
+            .chunks(PAGES_CHECK_BLOCK as usize)
+            .map(crc32fast::hash)
+            .collect();
+        assert_eq!(want.len(), 8);
+        assert_eq!(info.block_crc32, want);
+        assert_eq!(info.runs.len(), 1, "one contiguous run");
+        let on_disk = std::fs::read(dir.path().join("pages-1.img")).unwrap();
+        assert_eq!(&on_disk[PAGES_HEADER as usize..], &data[..]);
+        assert!(check_blocks(Path::new("m"), &info).is_ok());
+
+        // Exactly whole blocks: no empty last block; no data: no blocks.
+        let (_, info) = write_pages(dir.path(), 32, &[5]);
+        assert_eq!(info.block_crc32.len(), 2);
+        let info = PagesWriter::create(dir.path(), "pages-2.img")
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!((info.data_len, info.block_crc32.len()), (0, 0));
+        assert!(check_blocks(Path::new("m"), &info).is_ok());
+    }
+
+    #[test]
+    fn block_sizes_and_counts_that_do_not_fit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, info) = write_pages(dir.path(), 40, &[40]);
+        for size in [0, 1000, 2048, 3 * PAGE, 2 * MAX_CHECK_BLOCK] {
+            let mut bad_info = info.clone();
+            bad_info.block_size = size;
+            let err = check_blocks(Path::new("m"), &bad_info).unwrap_err();
+            assert!(err.to_string().contains("pages-1.img"), "{err}");
+        }
+        let mut bad_info = info.clone();
+        bad_info.block_crc32.pop();
+        let err = check_blocks(Path::new("m"), &bad_info).unwrap_err();
+        assert!(
+            matches!(err, CrError::BadImage { .. }) && err.to_string().contains("pages-1.img"),
+            "{err}"
+        );
+        bad_info.block_crc32.extend([0, 0]);
+        assert!(check_blocks(Path::new("m"), &bad_info).is_err());
+    }
+
+    #[test]
+    fn reads_check_only_the_blocks_they_cover_and_name_a_corrupt_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = 6 * 16 + 3; // 6 whole blocks and a short one
+        let (data, info) = write_pages(dir.path(), pages, &[3, 16, 1]);
+        let path = dir.path().join("pages-1.img");
+        let block = PAGES_CHECK_BLOCK as usize;
+        let read = |f: &PagesFile, offset: usize, len: usize| {
+            let mut buf = vec![0u8; len];
+            f.read_at(offset as u64, &mut buf).map(|()| buf)
+        };
+
+        let f = open_pages(dir.path(), &info, &open_local).unwrap();
+        // Aligned, unaligned, across blocks, the short last block, all of it.
+        for (offset, len) in [
+            (0, block),
+            (4096, 4096),
+            (block - 4096, 3 * 4096),
+            (block + 8192, 2 * block),
+            (6 * block, 3 * 4096),
+            (5 * block + 4096, block + 4096),
+            (0, data.len()),
+        ] {
+            assert_eq!(
+                read(&f, offset, len).unwrap(),
+                &data[offset..offset + len],
+                "{offset:#x}+{len:#x}"
+            );
+        }
+        let past = read(&f, data.len() - 4096, 8192).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
+
+        // One byte flipped in block 2.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let flip = PAGES_HEADER as usize + 2 * block + 5000;
+        bytes[flip] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let f = open_pages(dir.path(), &info, &open_local).unwrap();
+        for (offset, len) in [
+            (2 * block, block),
+            (2 * block + 4096, 4096),
+            (block + 4096, block),
+            (0, data.len()),
+        ] {
+            let err = read(&f, offset, len).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains("block 2 ")
+                    && msg.contains("checksum")
+                    && msg.contains("corrupt"),
+                "{msg}"
+            );
+        }
+        // The other blocks still read, even right next to the corrupt one.
+        for (offset, len) in [
+            (0, 2 * block),
+            (block + 4096, block - 4096),
+            (3 * block, 4096),
+        ] {
+            assert_eq!(read(&f, offset, len).unwrap(), &data[offset..offset + len]);
+        }
+    }
+
+    #[test]
+    fn pages_are_read_through_the_opener_given() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Bytes in memory, counting the reads.
+        struct Mem(Vec<u8>, AtomicUsize);
+        impl ByteSource for Mem {
+            fn len(&self) -> u64 {
+                self.0.len() as u64
+            }
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                let at = offset as usize;
+                buf.copy_from_slice(&self.0[at..at + buf.len()]);
+                Ok(())
+            }
+        }
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PagesFile>();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (data, info) = write_pages(dir.path(), 40, &[7]);
+        let bytes = std::fs::read(dir.path().join("pages-1.img")).unwrap();
+        std::fs::remove_file(dir.path().join("pages-1.img")).unwrap();
+        let mem = Arc::new(Mem(bytes, Default::default()));
+        let opened = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = {
+            let (mem, opened) = (mem.clone(), opened.clone());
+            move |p: &Path| -> std::io::Result<Arc<dyn ByteSource>> {
+                opened.lock().unwrap().push(p.to_path_buf());
+                Ok(mem.clone())
+            }
+        };
+        let f = open_pages(dir.path(), &info, &open).unwrap();
+        assert_eq!(*opened.lock().unwrap(), [dir.path().join("pages-1.img")]);
+        assert_eq!(mem.1.load(Ordering::Relaxed), 1, "the header only");
+        let mut buf = vec![0u8; 3 * 4096];
+        f.read_at(20 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, &data[20 * 4096..23 * 4096]);
+        assert_eq!(mem.1.load(Ordering::Relaxed), 2, "one read");
+        assert!(
+            open_pages(dir.path(), &info, &open_local).is_err(),
+            "not local"
+        );
     }
 }

@@ -36,15 +36,16 @@
 //! pages it still lacked).
 //!
 //! Failure never means zeros: a page that cannot be read after [`LazyOptions::read_retries`]
-//! retries, a read that takes longer than [`LazyOptions::read_timeout`] (checked by a watchdog
-//! thread), an unexpected userfaultfd error, or a panic of the server kills the process and
-//! its descendants (SIGKILL, through the pidfd) *before* the userfaultfd is closed, and
-//! [`LazyHandle::wait`] returns the reason. Dropping the [`LazyHandle`] before the restore is
-//! complete does the same. The process exiting (or exec'ing) mid-restore ends the server
-//! cleanly ([`LazyOutcome::Gone`]). What this module cannot cover: the process that holds
-//! the userfaultfd (this one) dying — the kernel then unregisters the ranges and the
-//! restored process reads zeros; the caller must tie the restored Pod's life to it (kill the
-//! Pod's cgroup when the agent goes).
+//! retries (corrupt data — an [`io::ErrorKind::InvalidData`] error of the source, such as a
+//! checksum mismatch — at once, without retries), a read that takes longer than
+//! [`LazyOptions::read_timeout`] (checked by a watchdog thread), an unexpected userfaultfd
+//! error, or a panic of the server kills the process and its descendants (SIGKILL, through
+//! the pidfd) *before* the userfaultfd is closed, and [`LazyHandle::wait`] returns the reason.
+//! Dropping the [`LazyHandle`] before the restore is complete does the same. The process
+//! exiting (or exec'ing) mid-restore ends the server cleanly ([`LazyOutcome::Gone`]). What
+//! this module cannot cover: the process that holds the userfaultfd (this one) dying — the
+//! kernel then unregisters the ranges and the restored process reads zeros; the caller must
+//! tie the restored Pod's life to it (kill the Pod's cgroup when the agent goes).
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -873,6 +874,16 @@ fn read_pages(
         }
         match r {
             Ok(()) => return Ok(()),
+            // Corrupt data (a checksum mismatch) does not get better: no retry.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(LazyError::Source {
+                    pid: shared.pid,
+                    addr: img.image_addr(idx),
+                    offset,
+                    tries: attempt + 1,
+                    source: e,
+                });
+            }
             Err(e) => {
                 debug!(pid = shared.pid, offset, attempt, "page read failed: {e}");
                 last = Some(e);

@@ -1,8 +1,12 @@
 //! Restore of a process tree from an image, with its PIDs and TIDs.
 //!
-//! 1. The image is read and validated completely ([`image::read_image`]), and checked against
-//!    this machine: same kernel release (the vDSO moves over as is), every mapped file
-//!    unchanged (size and modification time), the page indexes inside the mappings.
+//! 1. The image's manifest and page-file headers are read and validated
+//!    ([`image::read_image_with`]) before anything is touched, and checked against this
+//!    machine: same kernel release (the vDSO moves over as is), every mapped file unchanged
+//!    (size and modification time), the page indexes inside the mappings. Page data is
+//!    verified block by block as it is read (see [`image::PagesFile::read_at`]), so a corrupt
+//!    block fails the restore — eagerly: before the processes run; lazily: the restored
+//!    processes are killed, with the reason.
 //! 2. The root's seed is created with `clone3(set_tid = [pid])` — a fork of the restorer that
 //!    makes itself traced and stops. A PID in use is a clear error ([`CrError::PidTaken`]).
 //! 3. [`plan_restore`] (pure) turns the images and the seed's layout into a list of
@@ -37,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::checkpoint::kernel_release;
 use super::files::FilePlanner;
-use super::image::{self, PAGE, PageRun, PagesFile};
+use super::image::{self, PAGE, PageRun, PagesFile, PagesOpener};
 use super::lazy::{self, LazyError, LazyHandle, LazyOptions, LazyServer, LazyStats};
 use super::model::{Backing, Caps, ProcessImage, Regs, Vma, Zombie, from_hex};
 use super::procfs::{self, MapEntry};
@@ -46,7 +50,7 @@ use super::{CrError, Result};
 use std::sync::Arc;
 
 /// How to restore.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RestoreOptions {
     /// Files for fds 0, 1 and 2 when they were a terminal, socket or a pipe leaving the tree
     /// (default `/dev/null`).
@@ -54,6 +58,26 @@ pub struct RestoreOptions {
     /// Give such fds the seed's own fds 0, 1 and 2 instead (a seed made by a container
     /// runtime, whose standard output is the container's log).
     pub inherit_stdio: bool,
+    /// Where the page files are read from: called with each one's path in the image
+    /// directory (e.g. to read them from a repository as they arrive); `None`: the files in
+    /// the image directory. Their data is checked against the image's checksums either way.
+    pub open_pages: Option<Arc<PagesOpener>>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("stdio", &self.stdio)
+            .field("inherit_stdio", &self.inherit_stdio)
+            .field(
+                "open_pages",
+                &self
+                    .open_pages
+                    .as_ref()
+                    .map_or("the image directory", |_| "custom"),
+            )
+            .finish()
+    }
 }
 
 /// What a restore did.
@@ -2257,7 +2281,10 @@ fn restore_tree(
     lazy: Option<LazyOptions>,
 ) -> Result<(RestoreStats, Vec<LazyHandle>, Vec<i32>)> {
     let t0 = Instant::now();
-    let (manifest, pages) = image::read_image(dir)?;
+    let (manifest, pages) = match &opts.open_pages {
+        Some(open) => image::read_image_with(dir, open.as_ref())?,
+        None => image::read_image(dir)?,
+    };
     let root_dir = match seed {
         Some(s) => PathBuf::from(format!("/proc/{s}/root")),
         None => PathBuf::from("/"),
@@ -2720,7 +2747,8 @@ mod tests {
             pages: PagesInfo {
                 file: crate::cr::image::pages_file_name(pid),
                 data_len: 8192,
-                crc32: 0,
+                block_size: crate::cr::image::PAGES_CHECK_BLOCK,
+                block_crc32: vec![0],
                 runs: vec![],
             },
             shmem: vec![],
