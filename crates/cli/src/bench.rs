@@ -532,6 +532,7 @@ pub(crate) async fn raw_runsc(
                     &spec(&restored, mib),
                     &Network::Loopback,
                     &image_dir,
+                    &Default::default(),
                 )
                 .await?;
             first_response(restored.clone()).await?;

@@ -725,7 +725,13 @@ async fn measure_runsc(dir: &Path, bin: &Path, size: usize) -> Result<Runsc> {
     let restored = format!("{id}-r");
     let t0 = Instant::now();
     engine
-        .restore(&restored, &spec(&restored), &Network::Loopback, &image_dir)
+        .restore(
+            &restored,
+            &spec(&restored),
+            &Network::Loopback,
+            &image_dir,
+            &Default::default(),
+        )
         .await?;
     // runsc returns before the sandbox has loaded its state (a signal sent now is lost): the
     // restore ends when the sandbox runs a command. The command is the program's client

@@ -44,10 +44,15 @@ pub struct ServeArgs {
     #[arg(long)]
     cni_plugin_dir: Option<PathBuf>,
     /// The engine of Pods without a `runtimeClassName`: `gvisor` (runsc) or `native` (Linux
-    /// namespaces, preview: no snapshots yet). Pods pick the other one with
-    /// `runtimeClassName: gvisor` or `runtimeClassName: native` where it is available.
+    /// namespaces, our own checkpoint/restore with lazy memory). Pods pick the other one
+    /// with `runtimeClassName: gvisor` or `runtimeClassName: native` where it is available.
     #[arg(long, value_enum, default_value = "gvisor")]
     default_runtime: RuntimeArg,
+    /// The longest a lazily restored native Pod waits for one read of its memory (a chunk
+    /// from a slow or unreachable repository), in seconds; then the Pod is killed and its
+    /// `PodMemoryResident` condition says why.
+    #[arg(long, default_value_t = 10.0)]
+    lazy_read_timeout: f64,
 }
 
 /// Values of `--default-runtime`.
@@ -105,9 +110,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     ))
     .await
     .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
-    let native = podsnap_native::engine::NativeEngine::new(
-        podsnap_native::engine::NativeConfig::new(args.state_dir.join("native")),
-    )
+    let native = podsnap_native::engine::NativeEngine::new(podsnap_native::engine::NativeConfig {
+        lazy_read_timeout: std::time::Duration::try_from_secs_f64(args.lazy_read_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .context("--lazy-read-timeout must be a positive number of seconds")?,
+        ..podsnap_native::engine::NativeConfig::new(args.state_dir.join("native"))
+    })
     .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
     let images = podsnap_image::ImageStore::open(&args.images)?;
     let (default, other, other_class) = match args.default_runtime {

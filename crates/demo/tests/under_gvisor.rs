@@ -112,6 +112,7 @@ async fn the_demo_serves_again_after_checkpoint_and_restore() {
             &spec(&restored, &rootfs, dir.path()),
             &Network::Loopback,
             &image.dir,
+            &Default::default(),
         )
         .await
         .unwrap();

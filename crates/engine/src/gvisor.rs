@@ -763,7 +763,15 @@ impl Engine for GvisorEngine {
         root: &ContainerSpec,
         network: &Network,
         image_dir: &Path,
+        input: &crate::RestoreInput,
     ) -> Result<()> {
+        if !input.files.is_empty() {
+            return Err(EngineError::Unsupported(
+                "runsc reads its checkpoint image from the image directory; assemble the \
+                 whole image before restoring"
+                    .into(),
+            ));
+        }
         if matches!(network, Network::Host) {
             return Err(EngineError::Unsupported(
                 "runsc cannot checkpoint or restore sandboxes on the host network".into(),

@@ -158,8 +158,79 @@ pub struct RestoreProgress {
     pub demand_bytes: u64,
     /// Bytes brought in ahead of the processes.
     pub background_bytes: u64,
+    /// Of those, the bytes of a recorded working set, brought in first.
+    #[serde(default)]
+    pub prefetched_bytes: u64,
     /// Why it failed.
     pub message: Option<String>,
+    /// Once complete: what the processes touched first (record it with the snapshot and pass
+    /// it to later restores as [`RestoreInput::working_set`]); `None` before, or when nothing
+    /// was faulted in.
+    #[serde(skip)]
+    pub working_set: Option<WorkingSet>,
+}
+
+/// The parts of an image's files a restored sandbox needed first, in the order it needed
+/// them: recorded by one lazy restore, fetched first by the next ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkingSet {
+    /// Bytes needed at each offset (a power of two).
+    pub block: u64,
+    /// By file (its path relative to the image directory): byte offsets into the file, in
+    /// the order they were first needed.
+    pub files: BTreeMap<String, Vec<u64>>,
+}
+
+impl WorkingSet {
+    /// Offsets in all files together.
+    pub fn len(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+
+    /// Whether it holds no offset.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One file of an image that is read in place rather than from the image directory: e.g. a
+/// page file still arriving from the repository, whose parts are fetched as they are read.
+pub trait ImageFile: Send + Sync {
+    /// The file's length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads exactly `buf.len()` bytes at `offset` (blocking: it may wait for a fetch).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// Image files to read in place, by path relative to the image directory.
+pub type ImageFiles = BTreeMap<String, std::sync::Arc<dyn ImageFile>>;
+
+/// What a restore may use besides the image directory.
+#[derive(Clone, Default)]
+pub struct RestoreInput {
+    /// The working set an earlier restore of the same image recorded: an engine that
+    /// restores lazily brings those parts in first.
+    pub working_set: Option<WorkingSet>,
+    /// Files to read through these instead of from the image directory (where the directory
+    /// holds them only as placeholders). Engines that read the image directory themselves
+    /// (gvisor) need the directory complete and get none.
+    pub files: ImageFiles,
+}
+
+impl std::fmt::Debug for RestoreInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreInput")
+            .field(
+                "working_set",
+                &self.working_set.as_ref().map(WorkingSet::len),
+            )
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Errors of an engine.
@@ -265,13 +336,15 @@ pub trait Engine: Send + Sync {
         leave_running: bool,
     ) -> Result<CheckpointImage>;
 
-    /// Starts a sandbox from a checkpoint image instead of from its entry point.
+    /// Starts a sandbox from a checkpoint image instead of from its entry point; `input`
+    /// says what else the restore may use (see [`RestoreInput`]).
     async fn restore(
         &self,
         sandbox_id: &str,
         root: &ContainerSpec,
         network: &Network,
         image_dir: &std::path::Path,
+        input: &RestoreInput,
     ) -> Result<()>;
 
     /// Ids of every container the engine knows on this node (for cleanup after a crash).

@@ -217,6 +217,7 @@ async fn checkpoint_and_restore_keep_memory_and_files() {
             &spec(&restored, &rootfs, dir.path(), COUNTER),
             &Network::Loopback,
             &rebuilt,
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -304,6 +305,7 @@ async fn failures_are_clear_and_leave_nothing_behind() {
             &spec(&id, &no_rootfs, dir.path(), "true"),
             &Network::Host,
             dir.path(),
+            &Default::default(),
         )
         .await
         .unwrap_err();

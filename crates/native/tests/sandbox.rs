@@ -393,7 +393,13 @@ async fn a_sandbox_is_restored_with_its_processes_files_and_clocks_in_a_new_sand
     let mut spec2 = spec(&id2, &s.rootfs, s.dir.path(), "exit 99");
     spec2.hostname = "restored-pod".into();
     s.engine
-        .restore(&id2, &spec2, &Network::Loopback, &image)
+        .restore(
+            &id2,
+            &spec2,
+            &Network::Loopback,
+            &image,
+            &Default::default(),
+        )
         .await
         .unwrap();
     // The counter goes on from where it was, into the new container's log.
@@ -430,7 +436,7 @@ async fn a_corrupt_sandbox_image_is_refused_and_leaves_nothing_running() {
     let root = spec(&id, &s.rootfs, s.dir.path(), "exit 0");
     let err = s
         .engine
-        .restore(&id, &root, &Network::Loopback, &image)
+        .restore(&id, &root, &Network::Loopback, &image, &Default::default())
         .await
         .unwrap_err()
         .to_string();

@@ -260,10 +260,11 @@ impl Engine for Engines {
         root: &ContainerSpec,
         network: &Network,
         image_dir: &Path,
+        input: &podsnap_engine::RestoreInput,
     ) -> Result<()> {
         self.engine_of(sandbox_id)
             .await
-            .restore(sandbox_id, root, network, image_dir)
+            .restore(sandbox_id, root, network, image_dir, input)
             .await
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network};
+use podsnap_engine::{ContainerSpec, Engine, EngineError, ExecOutput, Network, RestoreInput};
 use podsnap_image::{ImageError, ImageStore};
 
 use crate::engines::Engines;
@@ -398,14 +398,19 @@ impl PodRunner {
     }
 
     /// Starts a single-container `pod` from a checkpoint image of the engine instead of from
-    /// its entry point.
-    pub async fn restore(&self, pod: &Pod, image_dir: &Path) -> Result<RunningPod> {
+    /// its entry point; `input` is what else the engine may use (see [`RestoreInput`]).
+    pub async fn restore(
+        &self,
+        pod: &Pod,
+        image_dir: &Path,
+        input: &RestoreInput,
+    ) -> Result<RunningPod> {
         if !is_solo(pod) {
             return Err(RuntimeError::Engine(EngineError::Unsupported(
                 "only Pods with one container and no init containers restore from snapshots on this engine".into(),
             )));
         }
-        self.start_with(pod, Some(image_dir), &[]).await
+        self.start_with(pod, Some((image_dir, input)), &[]).await
     }
 
     /// Gives a restored Pod its own host name: runsc keeps the snapshot's. Called once the
@@ -422,7 +427,7 @@ impl PodRunner {
     async fn start_with(
         &self,
         pod: &Pod,
-        image_dir: Option<&Path>,
+        image: Option<(&Path, &RestoreInput)>,
         rootfs: &[String],
     ) -> Result<RunningPod> {
         let (_, sandbox_id, _) = self.identity(pod, None);
@@ -433,9 +438,7 @@ impl PodRunner {
             }
             _ => None,
         };
-        let result = self
-            .start_sandbox(pod, image_dir, rootfs, net.as_ref())
-            .await;
+        let result = self.start_sandbox(pod, image, rootfs, net.as_ref()).await;
         if result.is_err() && net.is_some() {
             self.release_network(&sandbox_id).await;
         }
@@ -445,7 +448,7 @@ impl PodRunner {
     async fn start_sandbox(
         &self,
         pod: &Pod,
-        image_dir: Option<&Path>,
+        image: Option<(&Path, &RestoreInput)>,
         rootfs: &[String],
         net: Option<&PodNetwork>,
     ) -> Result<RunningPod> {
@@ -498,12 +501,12 @@ impl PodRunner {
             let mut root = main.into_iter().next().expect("one container");
             root.id = sandbox_id.clone();
             self.record_exit_code(&mut root, &dir, &spec.containers[0].name);
-            match image_dir {
+            match image {
                 Some(image) => {
                     // The host name is set afterwards (`set_restored_hostname`), so that
                     // the Pod's ports can open meanwhile.
                     self.engine
-                        .restore(&sandbox_id, &root, &network, image)
+                        .restore(&sandbox_id, &root, &network, image.0, image.1)
                         .await?;
                 }
                 None => {

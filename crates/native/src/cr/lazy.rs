@@ -254,6 +254,8 @@ pub enum LazyOutcome {
 pub struct LazyStats {
     /// The restored process.
     pub pid: i32,
+    /// Its PID in the image (set by a tree restore; else the same as `pid`).
+    pub image_pid: i32,
     /// How it ended.
     pub outcome: LazyOutcome,
     /// From [`LazyOptions::start`] to [`LazyHandle::mark_resumed`] (or to the server's start
@@ -279,6 +281,8 @@ pub struct LazyStats {
     pub zero_bytes: u64,
     /// Image bytes copied in the background.
     pub background_bytes: u64,
+    /// Of those, the bytes of the [`LazyOptions::prefetch`] blocks (copied first).
+    pub prefetch_bytes: u64,
     /// Image bytes never filled because the process dropped or unmapped them first.
     pub removed_bytes: u64,
     /// Forks served (children that got their own userfaultfd).
@@ -438,8 +442,9 @@ impl Image {
     }
 
     /// The read order: the fault blocks around `prefetch` first, then every run in address
-    /// order cut at `fill`-aligned addresses; index ranges that never cross a run.
-    fn order(&self, prefetch: &[u64], fault: u64, fill: u64) -> Vec<(u64, u64)> {
+    /// order cut at `fill`-aligned addresses; index ranges that never cross a run. Also how
+    /// many of the ranges, at the front, are prefetched blocks.
+    fn order(&self, prefetch: &[u64], fault: u64, fill: u64) -> (Vec<(u64, u64)>, usize) {
         let mut out = Vec::new();
         for &a in prefetch {
             let Some(idx) = self.index_at(a) else {
@@ -451,6 +456,7 @@ impl Image {
             let hi = (lo + (fault - (lo_addr & (fault - 1))) / PAGE).min(self.run_end(idx));
             out.push((lo, hi));
         }
+        let prefetched = out.len();
         for (r, run) in self.runs.iter().enumerate() {
             let end = run.addr + run.pages * PAGE;
             let mut a = run.addr;
@@ -462,7 +468,7 @@ impl Image {
                 a = b;
             }
         }
-        out
+        (out, prefetched)
     }
 }
 
@@ -911,6 +917,8 @@ struct Block {
     idx: u64,
     pages: u64,
     buf: PageBuf,
+    /// Read for a prefetched (working set) block.
+    prefetch: bool,
 }
 
 struct Reader {
@@ -919,6 +927,8 @@ struct Reader {
     shared: Arc<Shared>,
     need: Arc<Bits>,
     order: Vec<(u64, u64)>,
+    /// How many ranges at the front of `order` are prefetched blocks.
+    prefetched: usize,
     fill_pages: u64,
     retries: u32,
     tx: SyncSender<std::result::Result<Block, LazyError>>,
@@ -930,7 +940,7 @@ impl Reader {
     fn run(self) {
         let mut sent = vec![0u64; self.img.total.div_ceil(64) as usize];
         let is_sent = |sent: &[u64], i: u64| sent[(i / 64) as usize] & (1 << (i % 64)) != 0;
-        for &(lo, hi) in &self.order {
+        for (n, &(lo, hi)) in self.order.iter().enumerate() {
             let mut i = lo;
             while i < hi {
                 if self.shared.stopping() {
@@ -961,6 +971,7 @@ impl Reader {
                     idx: i,
                     pages: j - i,
                     buf,
+                    prefetch: n < self.prefetched,
                 });
                 let failed = block.is_err();
                 if self.tx.send(block).is_err() || failed {
@@ -988,6 +999,7 @@ pub struct LazyServer;
 /// zeros).
 pub struct LazyHandle {
     shared: Arc<Shared>,
+    image_pid: i32,
     server: Option<JoinHandle<()>>,
     watchdog: Option<JoinHandle<()>>,
 }
@@ -998,6 +1010,7 @@ struct Counters {
     demand_bytes: u64,
     zero_bytes: u64,
     background_bytes: u64,
+    prefetch_bytes: u64,
     removed_pages: u64,
     forks: u64,
     latencies_ns: Vec<u64>,
@@ -1114,7 +1127,7 @@ impl LazyServer {
         for _ in 0..depth + 1 {
             let _ = pool_tx.send(PageBuf::new(opts.fill_block));
         }
-        let order = img.order(&opts.prefetch, fb, opts.fill_block);
+        let (order, prefetched) = img.order(&opts.prefetch, fb, opts.fill_block);
         let pages = img.total;
         let map = Layout::new(&img, uffd.registered().to_vec());
         let server = Server {
@@ -1156,6 +1169,7 @@ impl LazyServer {
             shared: shared.clone(),
             need,
             order,
+            prefetched,
             fill_pages,
             retries: opts.read_retries,
             tx,
@@ -1214,6 +1228,7 @@ impl LazyServer {
             .ok();
         info!(pid, pages, "lazy restore serving");
         Ok(LazyHandle {
+            image_pid: pid,
             shared,
             server: Some(server_thread),
             watchdog,
@@ -1747,7 +1762,11 @@ impl Server {
 
     fn fill_block(&mut self, b: Block) -> std::result::Result<(), LazyError> {
         let bytes = (b.pages * PAGE) as usize;
+        let before = self.c.background_bytes;
         self.fill_indices(b.idx, b.pages, &b.buf.as_slice()[..bytes])?;
+        if b.prefetch {
+            self.c.prefetch_bytes += self.c.background_bytes - before;
+        }
         let _ = self.pool.send(b.buf);
         Ok(())
     }
@@ -1825,6 +1844,8 @@ impl Server {
             demand_bytes: self.c.demand_bytes,
             zero_bytes: self.c.zero_bytes,
             background_bytes: self.c.background_bytes,
+            prefetch_bytes: self.c.prefetch_bytes,
+            image_pid: self.shared.pid,
             removed_bytes: self.c.removed_pages * PAGE,
             forks: self.c.forks,
             working_set: self.working_set.clone(),
@@ -1872,12 +1893,20 @@ impl LazyHandle {
         if let Some(t) = self.watchdog.take() {
             let _ = t.join();
         }
+        let image_pid = self.image_pid;
         r.unwrap_or_else(|| {
             Err(LazyError::Aborted {
                 pid: self.shared.pid,
                 reason: "the result was already taken".into(),
             })
         })
+        .map(|s| LazyStats { image_pid, ..s })
+    }
+
+    /// Names the process by its PID in the image (for [`LazyStats::image_pid`]).
+    pub fn with_image_pid(mut self, image_pid: i32) -> Self {
+        self.image_pid = image_pid;
+        self
     }
 }
 
@@ -1926,8 +1955,10 @@ mod tests {
     fn order_puts_prefetch_blocks_first_then_aligned_fill_blocks() {
         // One run from 1 MiB to 5 MiB + 8 KiB.
         let img = Image::new(vec![run(M, 1026, 0)]).unwrap();
-        let order = img.order(&[3 * M + 0x5000, 0x99], 64 << 10, 2 * M);
-        // The prefetch block: 3 MiB .. 3 MiB + 64 KiB.
+        let (order, prefetched) = img.order(&[3 * M + 0x5000, 0x99], 64 << 10, 2 * M);
+        // The prefetch block: 3 MiB .. 3 MiB + 64 KiB (the address outside the image is
+        // left out).
+        assert_eq!(prefetched, 1);
         assert_eq!(order[0], (512, 528));
         // Then 1..2, 2..4, 4..5+8K MiB.
         assert_eq!(&order[1..], &[(0, 256), (256, 768), (768, 1026)]);

@@ -14,7 +14,8 @@
 //!   and executed against the [`restore::SeedOps`] trait, so the plan is tested without root.
 //! - [`files`]: what is saved of each kind of fd, and the calls that make it again.
 //! - [`image`]: the on-disk image (versioned JSON manifest + one page file per process with an
-//!   index and a checksum), validated completely before a restore starts.
+//!   index and a checksum per 64 KiB block): the manifest and page-file headers are validated
+//!   before a restore starts, page data block by block as it is read.
 
 pub mod checkpoint;
 pub mod files;

@@ -62,6 +62,10 @@ pub struct RestoreOptions {
     /// directory (e.g. to read them from a repository as they arrive); `None`: the files in
     /// the image directory. Their data is checked against the image's checksums either way.
     pub open_pages: Option<Arc<PagesOpener>>,
+    /// For a lazy restore, the image addresses each process (by its PID in the image) needs
+    /// first — the working set an earlier restore recorded; they are brought in before the
+    /// rest ([`LazyOptions::prefetch`], which this replaces for the processes named).
+    pub prefetch: BTreeMap<i32, Vec<u64>>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -75,6 +79,14 @@ impl std::fmt::Debug for RestoreOptions {
                     .open_pages
                     .as_ref()
                     .map_or("the image directory", |_| "custom"),
+            )
+            .field(
+                "prefetch",
+                &self
+                    .prefetch
+                    .iter()
+                    .map(|(pid, a)| (pid, a.len()))
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -1732,6 +1744,8 @@ struct LiveSeeds {
     sources: BTreeMap<i32, Arc<dyn PageSource + Send + Sync>>,
     /// How lazy restores are served.
     lazy: LazyOptions,
+    /// Addresses to bring in first, by image PID ([`RestoreOptions::prefetch`]).
+    prefetch: BTreeMap<i32, Vec<u64>>,
     /// The running lazy restores.
     handles: Vec<LazyHandle>,
 }
@@ -1744,6 +1758,7 @@ impl LiveSeeds {
             released: false,
             sources: BTreeMap::new(),
             lazy,
+            prefetch: BTreeMap::new(),
             handles: Vec::new(),
         }
     }
@@ -1841,7 +1856,10 @@ impl SeedOps for LiveSeeds {
             .get(&pid)
             .cloned()
             .ok_or_else(|| CrError::Incompatible(format!("no page data for process {pid}")))?;
-        let opts = self.lazy.clone();
+        let mut opts = self.lazy.clone();
+        if let Some(first) = self.prefetch.get(&pid) {
+            opts.prefetch = first.clone();
+        }
         let mut uffd = lazy::take_uffd(self.task(pid)?)?;
         lazy::register_lazy(&mut uffd, ranges)?;
         let handle =
@@ -1849,7 +1867,7 @@ impl SeedOps for LiveSeeds {
                 pid,
                 what: format!("starting its lazy restore: {e}"),
             })?;
-        self.handles.push(handle);
+        self.handles.push(handle.with_image_pid(pid));
         Ok(())
     }
 
@@ -2331,6 +2349,7 @@ fn restore_tree(
         }),
     );
     seeds.lazy.start = t0;
+    seeds.prefetch = opts.prefetch.clone();
     for (p, f) in manifest.processes.iter().zip(&pages) {
         seeds
             .sources

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use podsnap_engine::{
     CheckpointImage, ContainerSpec, ContainerState, Engine, EngineDescription, EngineError,
-    ExecOutput, Network, RestoreProgress, Result, Status,
+    ExecOutput, Network, RestoreInput, RestoreProgress, Result, Status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,7 @@ use crate::sandbox::plan::{self, CLONE_NEWTIME, ChildPlan, JoinNs, OverlayDirs};
 use crate::sandbox::{Cgroup, CgroupKind, TimeOffsets, cgroup};
 
 mod snapshot;
+pub mod working_set;
 use snapshot::unpack_upper;
 
 /// How the native engine runs.
@@ -42,6 +43,9 @@ pub struct NativeConfig {
     /// Restore lazily: a restored sandbox runs at once and its memory comes in behind it
     /// (else every page is in before it runs).
     pub lazy_restore: bool,
+    /// The longest a lazy restore waits for one read of page data (e.g. a chunk from a slow
+    /// repository) before it kills the restored sandbox with the reason.
+    pub lazy_read_timeout: Duration,
 }
 
 impl NativeConfig {
@@ -52,6 +56,7 @@ impl NativeConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "podsnap".into(),
             lazy_restore: true,
+            lazy_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -247,6 +252,7 @@ pub struct NativeEngine {
     cgroup_base: PathBuf,
     kernel: String,
     lazy_restore: bool,
+    lazy_read_timeout: Duration,
     /// Lazy restores of this agent's life, by sandbox.
     progress: snapshot::Progress,
 }
@@ -289,6 +295,7 @@ impl NativeEngine {
             cgroup_base,
             kernel,
             lazy_restore: config.lazy_restore,
+            lazy_read_timeout: config.lazy_read_timeout,
             progress: Default::default(),
         })
     }
@@ -415,6 +422,7 @@ impl NativeEngine {
         spec: &ContainerSpec,
         network: &Network,
         image_dir: &Path,
+        input: &RestoreInput,
     ) -> Result<()> {
         let saved = snapshot::read_sandbox_image(image_dir)?;
         let offsets = saved.time_offsets_now();
@@ -423,8 +431,10 @@ impl NativeEngine {
         };
         self.launch(sandbox_id, spec, Role::Root(network, offsets), &start)?;
         let record = self.record(sandbox_id)?;
-        let lazy = self.lazy_restore.then_some(&self.progress);
-        match snapshot::restore_into(&record, image_dir, lazy) {
+        let lazy = self
+            .lazy_restore
+            .then_some((&self.progress, self.lazy_read_timeout));
+        match snapshot::restore_into(&record, image_dir, lazy, input) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = delete_container(&self.layout, sandbox_id);
@@ -1035,6 +1045,7 @@ impl Engine for NativeEngine {
         root: &ContainerSpec,
         network: &Network,
         image_dir: &Path,
+        input: &RestoreInput,
     ) -> Result<()> {
         if root.id != sandbox_id {
             return Err(EngineError::Unsupported(format!(
@@ -1043,13 +1054,14 @@ impl Engine for NativeEngine {
             )));
         }
         let me = self.clone();
-        let (id, spec, network, dir) = (
+        let (id, spec, network, dir, input) = (
             sandbox_id.to_owned(),
             root.clone(),
             network.clone(),
             image_dir.to_path_buf(),
+            input.clone(),
         );
-        blocking(move || me.restore_blocking(&id, &spec, &network, &dir)).await
+        blocking(move || me.restore_blocking(&id, &spec, &network, &dir, &input)).await
     }
 
     async fn list(&self) -> Result<Vec<String>> {

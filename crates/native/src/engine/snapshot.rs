@@ -19,10 +19,12 @@ use std::process::Command;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use podsnap_engine::{CheckpointImage, EngineError, RestoreProgress, Result};
+use podsnap_engine::{
+    CheckpointImage, EngineError, ImageFile, ImageFiles, RestoreInput, RestoreProgress, Result,
+};
 use serde::{Deserialize, Serialize};
 
-use super::{Record, io};
+use super::{Record, io, working_set};
 use crate::cr::{self, CheckpointOptions, RestoreOptions};
 use crate::sandbox::TimeOffsets;
 
@@ -268,16 +270,26 @@ impl Progress {
 }
 
 /// Restores the image's process tree into the seed that is `record`'s first process; with
-/// `lazy`, returns as soon as the processes run and records in it how their memory comes in
-/// (a thread waits for the end).
-pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) -> Result<()> {
-    let opts = RestoreOptions {
+/// `lazy` (where to record progress, and the longest wait for one read of page data),
+/// returns as soon as the processes run and records how their memory comes in (a thread
+/// waits for the end). `input`'s files are read in place of the image directory's
+/// (page files still arriving), its working set is brought in first.
+pub fn restore_into(
+    record: &Record,
+    image_dir: &Path,
+    lazy: Option<(&Progress, std::time::Duration)>,
+    input: &RestoreInput,
+) -> Result<()> {
+    let mut opts = RestoreOptions {
         inherit_stdio: true,
         ..Default::default()
     };
+    if !input.files.is_empty() {
+        opts.open_pages = Some(in_place_opener(image_dir, input.files.clone()));
+    }
     let dir = image_dir.join(PROCESSES_DIR);
     let what = format!("restore of sandbox {}", record.sandbox);
-    let Some(progress) = lazy else {
+    let Some((progress, read_timeout)) = lazy else {
         let stats = cr::restore::restore_into(&dir, record.pid as i32, &opts)
             .map_err(|e| cr_error(&what, e))?;
         tracing::info!(
@@ -291,9 +303,22 @@ pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) 
         );
         return Ok(());
     };
-    let (stats, served) =
-        cr::restore_lazily(&dir, Some(record.pid as i32), &opts, Default::default())
-            .map_err(|e| cr_error(&what, e))?;
+    let index = page_index(&dir)?;
+    if let Some(set) = &input.working_set {
+        opts.prefetch = working_set::to_addresses(PROCESSES_DIR, &index, set);
+        tracing::info!(
+            sandbox = %record.sandbox,
+            blocks = set.len(),
+            "prefetching the working set recorded by an earlier restore"
+        );
+    }
+    let lazy_options = cr::lazy::LazyOptions {
+        read_timeout,
+        ..Default::default()
+    };
+    let block = lazy_options.fault_block;
+    let (stats, served) = cr::restore_lazily(&dir, Some(record.pid as i32), &opts, lazy_options)
+        .map_err(|e| cr_error(&what, e))?;
     let resumed = stats.elapsed.as_secs_f64();
     tracing::info!(
         sandbox = %record.sandbox,
@@ -313,7 +338,9 @@ pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) 
         fault_p99_us: 0.0,
         demand_bytes: 0,
         background_bytes: 0,
+        prefetched_bytes: 0,
         message: None,
+        working_set: None,
     };
     progress.set(&sandbox, state.clone());
     let progress = progress.clone();
@@ -331,6 +358,7 @@ pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) 
                     state.demand_faults = all.iter().map(|s| s.demand_faults).sum();
                     state.demand_bytes = all.iter().map(|s| s.demand_bytes).sum();
                     state.background_bytes = all.iter().map(|s| s.background_bytes).sum();
+                    state.prefetched_bytes = all.iter().map(|s| s.prefetch_bytes).sum();
                     state.fault_p50_us = all
                         .iter()
                         .map(|s| s.fault_p50.as_secs_f64() * 1e6)
@@ -339,7 +367,19 @@ pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) 
                         .iter()
                         .map(|s| s.fault_p99.as_secs_f64() * 1e6)
                         .fold(0.0, f64::max);
-                    tracing::info!(%sandbox, ?state, "lazy restore complete");
+                    let recorded: BTreeMap<i32, Vec<u64>> = all
+                        .iter()
+                        .map(|s| (s.image_pid, s.working_set.clone()))
+                        .collect();
+                    let set = working_set::to_offsets(PROCESSES_DIR, &index, &recorded, block);
+                    state.working_set = (!set.is_empty()).then_some(set);
+                    tracing::info!(
+                        %sandbox,
+                        seconds_to_resident = ?state.seconds_to_resident,
+                        demand_faults = state.demand_faults,
+                        fault_p99_us = state.fault_p99_us,
+                        "lazy restore complete"
+                    );
                 }
                 Err(e) => {
                     state.state = "Failed".into();
@@ -351,6 +391,54 @@ pub fn restore_into(record: &Record, image_dir: &Path, lazy: Option<&Progress>) 
         })
         .map_err(|e| io("starting the lazy restore's waiter", e))?;
     Ok(())
+}
+
+/// The page runs of every process of the process-tree image in `dir`, by image pid (read
+/// from its manifest; the restore validates the image itself).
+fn page_index(dir: &Path) -> Result<BTreeMap<i32, Vec<cr::image::PageRun>>> {
+    let path = dir.join(cr::image::MANIFEST);
+    let text = std::fs::read(&path).map_err(|e| io(format!("reading {}", path.display()), e))?;
+    let manifest: cr::image::Manifest = serde_json::from_slice(&text).map_err(|e| {
+        EngineError::Unsupported(format!(
+            "{} is not a process-tree manifest of this podsnap ({e}): take the snapshot again",
+            path.display()
+        ))
+    })?;
+    Ok(manifest
+        .processes
+        .into_iter()
+        .map(|p| (p.pid, p.pages.runs))
+        .collect())
+}
+
+/// Opens page files from `files` (by their path relative to `image_dir`) where it has them,
+/// from the directory otherwise.
+fn in_place_opener(image_dir: &Path, files: ImageFiles) -> Arc<cr::image::PagesOpener> {
+    let image_dir = image_dir.to_path_buf();
+    Arc::new(move |path: &Path| {
+        let relative = path
+            .strip_prefix(&image_dir)
+            .ok()
+            .and_then(|p| p.to_str())
+            .and_then(|p| files.get(p));
+        match relative {
+            Some(file) => Ok(Arc::new(InPlace(file.clone())) as Arc<dyn cr::image::ByteSource>),
+            None => cr::image::open_local(path),
+        }
+    })
+}
+
+/// An engine-level image file as the page reader's byte source.
+struct InPlace(Arc<dyn ImageFile>);
+
+impl cr::image::ByteSource for InPlace {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
 }
 
 #[cfg(test)]
