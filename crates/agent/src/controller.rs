@@ -923,14 +923,15 @@ fn memory_condition(m: &podsnap_engine::RestoreProgress, since: &str) -> serde_j
         "Complete" => format!(
             "all memory in {:.3} s after the restore started (running after {:.3} s); {} \
              faults served on demand (p50 {:.0} µs, p99 {:.0} µs, {:.1} MiB), {:.1} MiB \
-             in the background",
+             in the background ({:.1} MiB of them the recorded working set, first)",
             m.seconds_to_resident.unwrap_or_default(),
             m.seconds_to_resume,
             m.demand_faults,
             m.fault_p50_us,
             m.fault_p99_us,
             m.demand_bytes as f64 / (1u64 << 20) as f64,
-            m.background_bytes as f64 / (1u64 << 20) as f64
+            m.background_bytes as f64 / (1u64 << 20) as f64,
+            m.prefetched_bytes as f64 / (1u64 << 20) as f64
         ),
         "Failed" => format!(
             "its memory could not be brought in: {}",

@@ -176,13 +176,33 @@ pub async fn assemble(
     into: &Path,
     progress: &dyn Progress,
 ) -> Result<u64, String> {
+    assemble_where(snapshot, into, progress, |_| true).await
+}
+
+/// The file (relative to the image directory) a native checkpoint's stream `name` holds.
+pub fn file_of_stream(name: &str) -> Result<String, String> {
+    let file = name.strip_prefix(NATIVE_PREFIX).unwrap_or(name);
+    if file.split('/').any(|part| part.is_empty() || part == "..") {
+        return Err(format!(
+            "stream {name} names no plain file path; the snapshot is damaged, take a new one"
+        ));
+    }
+    Ok(file.to_owned())
+}
+
+/// [`assemble`] for the files whose stream name `wanted` accepts.
+pub async fn assemble_where(
+    snapshot: &Snapshot,
+    into: &Path,
+    progress: &dyn Progress,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<u64, String> {
     let mut bytes = 0;
     for (stream, file, decoded) in image_files(snapshot) {
-        if file.split('/').any(|part| part.is_empty() || part == "..") {
-            return Err(format!(
-                "stream {stream} names no plain file path; the snapshot is damaged, take a new one"
-            ));
+        if !wanted(&stream) {
+            continue;
         }
+        file_of_stream(&file)?;
         let path = into.join(&file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -247,6 +267,9 @@ pub enum CacheOutcome {
     Hit,
     /// Assembled from the repository (and cached when it fits).
     Assembled,
+    /// Small files assembled, page files read in place as they arrive from the repository
+    /// (cached once complete, when it fits).
+    Streamed,
 }
 
 impl ImageCache {
@@ -267,55 +290,72 @@ impl ImageCache {
         }
     }
 
-    /// Puts the gvisor checkpoint files of `snapshot` into the empty directory `into`: linked
-    /// from the cache, or assembled from the repository.
+    /// Puts the checkpoint files of `snapshot` into the empty directory `into`: linked from
+    /// the cache, or assembled from the repository.
     pub async fn provide(
         &self,
         snapshot: &Snapshot,
         into: &Path,
         progress: &dyn Progress,
     ) -> Result<CacheOutcome, String> {
-        if self.capacity == 0 {
-            assemble(snapshot, into, progress).await?;
-            return Ok(CacheOutcome::Assembled);
-        }
-        let entry = self.dir.join(snapshot.manifest().compute_digest());
-        if link_all(&entry, into).is_ok() {
-            touch(&entry);
+        if self.link_cached(snapshot, into) {
             return Ok(CacheOutcome::Hit);
         }
+        let partial = self.partial_dir()?;
+        if let Err(message) = assemble(snapshot, &partial, progress).await {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(message);
+        }
+        // Linked before it is adopted: an entry larger than the whole cache is not kept.
+        let linked = link_all(&partial, into);
+        self.adopt(snapshot, &partial);
+        linked.map_err(|e| format!("linking the assembled image: {e}"))?;
+        Ok(CacheOutcome::Assembled)
+    }
+
+    /// Links the cached image of `snapshot` into `into`, if the cache has it.
+    pub fn link_cached(&self, snapshot: &Snapshot, into: &Path) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let entry = self.entry_of(snapshot);
+        let linked = link_all(&entry, into).is_ok();
+        if linked {
+            touch(&entry);
+        }
+        linked
+    }
+
+    /// A new directory to assemble an image in (removed at start-up if left unfinished).
+    pub fn partial_dir(&self) -> Result<PathBuf, String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let partial = self.dir.join(format!(".partial-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir(&partial)
             .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-        let bytes = match assemble(snapshot, &partial, progress).await {
-            Ok(bytes) => bytes,
-            Err(message) => {
-                let _ = std::fs::remove_dir_all(&partial);
-                return Err(message);
-            }
-        };
-        if bytes > self.capacity {
-            // Larger than the whole cache: used from where it was assembled.
-            let linked = link_all(&partial, into);
-            let _ = std::fs::remove_dir_all(&partial);
-            linked.map_err(|e| format!("linking the assembled image: {e}"))?;
-            return Ok(CacheOutcome::Assembled);
+        Ok(partial)
+    }
+
+    /// Makes the complete image in `partial` (from [`ImageCache::partial_dir`]) the cache's
+    /// entry for `snapshot`, evicting older entries; it is removed instead when it is larger
+    /// than the whole cache, or another restore placed the same entry meanwhile.
+    pub fn adopt(&self, snapshot: &Snapshot, partial: &Path) {
+        let entry = self.entry_of(snapshot);
+        if dir_size(partial) <= self.capacity && std::fs::rename(partial, &entry).is_ok() {
+            touch(&entry);
+            self.evict(&entry);
+            return;
         }
-        // Another restore may have placed the same entry meanwhile: then that one is used.
-        let _ = std::fs::rename(&partial, &entry);
-        let linked = link_all(&entry, into);
-        let _ = std::fs::remove_dir_all(&partial);
-        linked.map_err(|e| format!("linking the assembled image: {e}"))?;
-        touch(&entry);
-        self.evict(&entry);
-        Ok(CacheOutcome::Assembled)
+        let _ = std::fs::remove_dir_all(partial);
+    }
+
+    fn entry_of(&self, snapshot: &Snapshot) -> PathBuf {
+        self.dir.join(snapshot.manifest().compute_digest())
     }
 
     /// Removes the cached image of `snapshot`, if any (after a restore from it failed).
     pub fn forget(&self, snapshot: &Snapshot) {
-        let entry = self.dir.join(snapshot.manifest().compute_digest());
+        let entry = self.entry_of(snapshot);
         if std::fs::remove_dir_all(&entry).is_ok() {
             tracing::info!(entry = %entry.display(), "cached checkpoint image removed after a failed restore");
         }
@@ -350,7 +390,7 @@ impl ImageCache {
 }
 
 /// Hard-links (or, across file systems, copies) every file of `from` into `into`.
-fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
+pub(crate) fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = into.join(entry.file_name());

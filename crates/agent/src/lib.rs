@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod controller;
 pub mod images;
+pub mod in_place;
 pub mod metrics;
 pub mod progress;
 pub mod relay;

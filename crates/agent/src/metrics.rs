@@ -45,6 +45,8 @@ pub struct Metrics {
     pub lazy_demand_faults: Counter,
     /// 99th percentile of a lazy restore's fault service time, in seconds (per restore).
     pub lazy_fault_p99_seconds: Histogram,
+    /// Bytes of recorded working sets brought in first by lazy restores.
+    pub lazy_prefetched_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,7 @@ impl Default for Metrics {
         let lazy_resident_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 12));
         let lazy_demand_faults = Counter::default();
         let lazy_fault_p99_seconds = Histogram::new(exponential_buckets(0.000_005, 2.0, 14));
+        let lazy_prefetched_bytes = Counter::default();
         registry.register(
             "lazy_restores",
             "Lazy restores that ended, by outcome",
@@ -87,6 +90,11 @@ impl Default for Metrics {
             "lazy_restore_fault_p99_seconds",
             "99th percentile of each lazy restore's fault service time",
             lazy_fault_p99_seconds.clone(),
+        );
+        registry.register(
+            "lazy_restore_prefetched_bytes",
+            "Bytes of recorded working sets brought in first by lazy restores",
+            lazy_prefetched_bytes.clone(),
         );
         registry.register(
             "checkpoints",
@@ -143,6 +151,7 @@ impl Default for Metrics {
             lazy_resident_seconds,
             lazy_demand_faults,
             lazy_fault_p99_seconds,
+            lazy_prefetched_bytes,
         }
     }
 }
@@ -157,6 +166,7 @@ impl Metrics {
         }
         self.lazy_demand_faults.inc_by(p.demand_faults);
         self.lazy_fault_p99_seconds.observe(p.fault_p99_us / 1e6);
+        self.lazy_prefetched_bytes.inc_by(p.prefetched_bytes);
     }
 
     /// Counts one event of `family` with `outcome`.

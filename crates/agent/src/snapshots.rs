@@ -17,12 +17,14 @@ use podsnap_api::{
 use podsnap_core::{
     DistilledSpec, NoSnapshot, PodFacts, PolicyMatch, Selection, governing_policy, select_snapshot,
 };
+use podsnap_engine::RestoreInput;
 use podsnap_repo::{Chunking, EncryptionKey, RepoOptions, Repository, SnapshotMetadata};
 use podsnap_runtime::RunningPod;
 use serde_json::{Value, json};
 
 use crate::controller::{Controller, object_key};
 use crate::images::{self, CacheOutcome, ImageCache, Upload};
+use crate::in_place;
 use crate::metrics::Metrics;
 use crate::progress::LogProgress;
 use crate::store::now;
@@ -145,6 +147,40 @@ impl Controller {
     }
 
     /// The node's cache of assembled checkpoint images.
+    /// Once the lazy restore of sandbox `sandbox_id` has all its memory in, stores what its
+    /// processes touched first with snapshot `snapshot`, for later restores to fetch first.
+    fn record_working_set(
+        &self,
+        repo: Repository,
+        snapshot: String,
+        sandbox_id: String,
+        source: String,
+    ) {
+        let engine = self.runner.engine().clone();
+        tokio::spawn(async move {
+            let progress = loop {
+                match engine.restore_progress(&sandbox_id).await {
+                    Some(p) if p.state == "Serving" => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    other => break other,
+                }
+            };
+            let Some(set) = progress.and_then(|p| p.working_set) else {
+                return;
+            };
+            let stored = in_place::to_stored(&set, &source);
+            match repo.put_working_set(&snapshot, &stored).await {
+                Ok(()) => {
+                    tracing::info!(%snapshot, blocks = set.len(), "working set recorded with the snapshot")
+                }
+                Err(e) => {
+                    tracing::warn!(%snapshot, error = %e, "the working set could not be stored; later restores will not prefetch it")
+                }
+            }
+        });
+    }
+
     fn image_cache(&self) -> ImageCache {
         ImageCache::new(self.state_dir.join("image-cache"), IMAGE_CACHE_BYTES)
     }
@@ -923,19 +959,46 @@ impl Controller {
                 return Err("the snapshot holds no engine checkpoint image".to_owned());
             }
             std::fs::create_dir_all(&image_dir).map_err(|e| e.to_string())?;
-            let outcome = self
-                .image_cache()
-                .provide(
+            let download = LogProgress::new(format!("snapshot {snapshot_name} download"));
+            let in_place = in_place::can_read_in_place(&opened);
+            // The working set an earlier restore recorded (native images); a damaged record
+            // only costs the prefetch.
+            let stored_set = match in_place {
+                false => None,
+                true => repo
+                    .working_set(&snapshot_name)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(snapshot = %snapshot_name, error = %e, "the stored working set is not usable; restoring without prefetch and recording it again");
+                        None
+                    }),
+            };
+            let mut input = RestoreInput {
+                working_set: stored_set.as_ref().map(in_place::from_stored),
+                ..Default::default()
+            };
+            let outcome = if in_place {
+                let (outcome, files) = in_place::provide(
+                    &self.image_cache(),
                     &opened,
                     &image_dir,
-                    &LogProgress::new(format!("snapshot {snapshot_name} download")),
+                    input.working_set.as_ref(),
+                    &download,
                 )
                 .await?;
+                input.files = files;
+                outcome
+            } else {
+                self.image_cache()
+                    .provide(&opened, &image_dir, &download)
+                    .await?
+            };
             Metrics::count(
                 &self.metrics.restore_images,
                 match outcome {
                     CacheOutcome::Hit => "cached",
                     CacheOutcome::Assembled => "assembled",
+                    CacheOutcome::Streamed => "streamed",
                 },
             );
             // The restored workload, still waiting on its trigger, reads `restore`.
@@ -944,7 +1007,7 @@ impl Controller {
             std::fs::create_dir_all(&contract).map_err(|e| e.to_string())?;
             std::fs::write(contract.join("result"), "restore\n").map_err(|e| e.to_string())?;
             let image_ready = started.elapsed();
-            let restored = self.runner.restore(pod, &image_dir).await;
+            let restored = self.runner.restore(pod, &image_dir, &input).await;
             tracing::info!(
                 namespace,
                 name,
@@ -954,6 +1017,17 @@ impl Controller {
                 engine_ms = (started.elapsed() - image_ready).as_millis() as u64,
                 "restore timing"
             );
+            if let Ok(running) = &restored
+                && in_place
+                && stored_set.is_none()
+            {
+                self.record_working_set(
+                    repo.clone(),
+                    snapshot_name.clone(),
+                    running.sandbox_id.clone(),
+                    format!("restore of Pod {namespace}/{name}"),
+                );
+            }
             restored.map_err(|e| {
                 // A damaged cached image must not fail every later restore too.
                 self.image_cache().forget(&opened);

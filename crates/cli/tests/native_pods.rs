@@ -131,6 +131,9 @@ async fn unknown_runtime_classes_fail_with_the_choices() {
     );
 }
 
+/// A counter that holds 48 MB in a shell variable: enough memory that a lazy restore's
+/// background fill is still going when the loop first runs (so it faults, and a working set
+/// is recorded).
 const NATIVE_COUNTER: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -140,7 +143,7 @@ spec:
   containers:
   - name: counter
     image: localhost/busybox
-    command: ["/bin/sh", "-c", "echo kept > /tmp/kept; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+    command: ["/bin/sh", "-c", "x=$(head -c 48000000 /dev/zero | tr '\\0' m); echo kept > /tmp/kept; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
 "#;
 
 #[tokio::test]
@@ -239,4 +242,87 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
         metrics.contains("podsnap_lazy_restores_total{outcome=\"complete\"} 1"),
         "{metrics}"
     );
+    // Not on this node yet: restored while its page files streamed in from the repository.
+    assert!(
+        metrics.contains("podsnap_restore_images_total{outcome=\"streamed\"} 1"),
+        "{metrics}"
+    );
+
+    // The first lazy restore recorded what the replica touched first with the snapshot...
+    let record = wait_for_working_set(&dir.path().join("snapshots"), &snapshot).await;
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(stored["magic"], "podsnap-working-set", "{stored}");
+    assert!(
+        stored["files"][0]["offsets"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty()),
+        "{stored}"
+    );
+    // ...and the next restore brings that in first.
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "second"))
+        .await
+        .unwrap();
+    wait_phase(&client, "second", "Running").await;
+    wait_resident(&client, "second").await;
+    assert!(count(&client, "second").await >= before);
+    let metrics = client
+        .request(Method::GET, "/metrics", None, "text/plain")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    let prefetched: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("podsnap_lazy_restore_prefetched_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no prefetch metric: {metrics}"));
+    assert!(prefetched > 0.0, "{metrics}");
+}
+
+/// Waits for the working set of `snapshot` to be stored in the repository under `repo`.
+async fn wait_for_working_set(repo: &std::path::Path, snapshot: &str) -> std::path::PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = walk(repo).into_iter().find(|p| {
+            p.ends_with("working-set.json") && p.parent().is_some_and(|d| d.ends_with(snapshot))
+        });
+        if let Some(path) = found {
+            return path;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no working set was recorded for {snapshot}; the agent said: {}",
+            std::fs::read_to_string(repo.with_file_name("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Waits until Pod `name`'s memory is all in (its `PodMemoryResident` condition True).
+async fn wait_resident(client: &Client, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = pod(client, name).await;
+        let resident = condition_of(&p, "PodMemoryResident");
+        if resident["status"] == "True" {
+            return resident;
+        }
+        assert_ne!(resident["reason"], "Failed", "{p}");
+        assert!(Instant::now() < deadline, "the memory never came in: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
