@@ -170,8 +170,9 @@ async fn provide_into(
     Ok(files)
 }
 
-/// The file at `path`, of stream `name`'s size, with its fetcher started.
-fn streamed_file(snapshot: &Snapshot, name: &str, path: &Path) -> Result<StreamedFile, String> {
+/// A new file at `path`, of stream `name`'s size, filled from the repository by a fetcher
+/// started now, and read in place through the returned [`StreamedFile`].
+pub fn streamed_file(snapshot: &Snapshot, name: &str, path: &Path) -> Result<StreamedFile, String> {
     let stream = snapshot.stream(name).map_err(|e| e.to_string())?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)

@@ -29,6 +29,7 @@ use crate::sandbox::{Cgroup, CgroupKind, TimeOffsets, cgroup};
 
 mod snapshot;
 pub mod working_set;
+pub use snapshot::in_place_opener;
 use snapshot::unpack_upper;
 
 /// How the native engine runs.

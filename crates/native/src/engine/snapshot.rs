@@ -411,9 +411,9 @@ fn page_index(dir: &Path) -> Result<BTreeMap<i32, Vec<cr::image::PageRun>>> {
         .collect())
 }
 
-/// Opens page files from `files` (by their path relative to `image_dir`) where it has them,
-/// from the directory otherwise.
-fn in_place_opener(image_dir: &Path, files: ImageFiles) -> Arc<cr::image::PagesOpener> {
+/// An opener of page files ([`RestoreOptions::open_pages`]) that reads them from `files` (by
+/// their path relative to `image_dir`) where it has them, from the directory otherwise.
+pub fn in_place_opener(image_dir: &Path, files: ImageFiles) -> Arc<cr::image::PagesOpener> {
     let image_dir = image_dir.to_path_buf();
     Arc::new(move |path: &Path| {
         let relative = path
