@@ -22,9 +22,18 @@
 //! 6. the repository's read throughput for that image: every stream read (fetched, verified,
 //!    decompressed) to nowhere through a fresh handle;
 //! 7. a restore through the repository (fetch into a staging directory, then restore);
-//! 8. a second checkpoint of that process through the repository (left running): its upload;
+//!    7b. that process killed and reaped, then a lazy restore streamed from the repository,
+//!    as on a node without the image: through a fresh handle, the snapshot opened, only its
+//!    small files (the manifest) fetched, and each page file read in place while it arrives
+//!    (a sparse file filled by a background fetcher, a read waiting only for the chunks it
+//!    covers, fetched ahead of the rest); from the start (before opening the snapshot) to the
+//!    process running, to the first response, and until its memory is all in (the effective
+//!    fill throughput, beside the repository's read throughput of 6), and the demand faults;
+//! 8. a second checkpoint of that (streamed) process through the repository (left running):
+//!    its upload;
 //! 9. the process asked to check its memory (which also checks what the lazy restores brought
-//!    in: the repository's image was taken from a lazily restored process);
+//!    in: the repository's image was taken from a lazily restored process, and this process's
+//!    memory came in streamed from the repository);
 //! 10. the same program, compiled statically, under runsc: cold start, checkpoint, restore,
 //!     first response (asked from inside the sandbox with `runsc exec`) and the memory check.
 //!
@@ -36,15 +45,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use podsnap_engine::{ImageFile, ImageFiles};
 use podsnap_native::cr::lazy::{LazyOptions, LazyStats};
 use podsnap_native::cr::{self, CheckpointOptions, RestoreOptions};
-use podsnap_repo::{NoProgress, Repository};
+use podsnap_repo::{Chunking, NoProgress, Repository};
 
 use crate::native_repo::{self, mib};
 
@@ -52,7 +63,8 @@ use crate::native_repo::{self, mib};
 const CHECKPOINT_GOAL_GBS: f64 = 1.0;
 /// Goal: eager restore throughput as a share of the repository's read throughput, in %.
 const RESTORE_GOAL_PERCENT: f64 = 80.0;
-/// Goal: a lazy restore's first response, from the start of the restore, whatever the size.
+/// Goal: a lazy restore's first response, from the start of the restore, whatever the size
+/// (for the restore streamed from the repository, the start is before opening the snapshot).
 const FIRST_RESPONSE_GOAL: Duration = Duration::from_millis(100);
 /// Goal: a lazy restore's background fill, GB/s of image page data (image bytes / time until
 /// fully resident), from a warm node cache (the image was just written and read).
@@ -207,6 +219,12 @@ struct Native {
     lazy: Lazy,
     /// The lazy restore with the working set of [`Native::lazy`] as prefetch.
     prefetched: Lazy,
+    /// The lazy restore streamed from the repository (its times from before opening the
+    /// snapshot).
+    streamed: Lazy,
+    /// From the start of the streamed restore until the snapshot was open, its manifest
+    /// fetched and the page files' fetchers started (the restore itself began then).
+    streamed_opened: Duration,
     /// The first responses (page sample sums), labelled: equal when the memory came back.
     answers: Vec<(&'static str, u64)>,
     repo_read_bytes: u64,
@@ -466,25 +484,29 @@ async fn eager_first_response(
     .await
 }
 
-/// A lazy restore from `dir` (the blocks of `prefetch` first), the program asked on `port`
-/// as soon as it runs, then the wait until its memory is all in. The process is left
-/// running.
+/// A lazy restore from `dir` with `restore_options` (the blocks of `prefetch` first), the
+/// program asked on `port` as soon as it runs, then the wait until its memory is all in. Times
+/// run from `start` (when the restore was prepared, e.g. before its image was opened), else
+/// from the call of the restore. The process is left running.
 async fn lazy_first_response(
     dir: &Path,
     pid: i32,
     port: u16,
     prefetch: Vec<u64>,
+    restore_options: RestoreOptions,
+    start: Option<Instant>,
     limit: Duration,
 ) -> Result<Lazy> {
     let dir = dir.to_path_buf();
+    // Off the runtime's workers: page files read in place wait on the runtime (block_on).
     blocking(move || {
-        let start = Instant::now();
+        let start = start.unwrap_or_else(Instant::now);
         let options = LazyOptions {
             prefetch,
             start,
             ..Default::default()
         };
-        let (_, served) = cr::restore_lazily(&dir, None, &RestoreOptions::default(), options)
+        let (_, served) = cr::restore_lazily(&dir, None, &restore_options, options)
             .with_context(|| format!("native lazy restore from {}", dir.display()))?;
         let resumed = start.elapsed();
         // The memory server stays until its memory is in, whatever the answer.
@@ -506,6 +528,49 @@ async fn lazy_first_response(
         })
     })
     .await
+}
+
+/// Snapshot `name` of `repo` as an image in the new directory `into` without fetching its
+/// memory: the small files (every stream but the page files: the manifest) fetched, each page
+/// file a sparse file that a background fetcher fills, read in place (a read waits only for
+/// the chunks it covers, fetched ahead of the rest). The page files by path relative to
+/// `into`. A read waits for its chunks as long as the lazy restore waits for a read of page
+/// data. Must run inside the runtime (the fetchers run on it).
+async fn stream_image(repo: &Repository, name: &str, into: &Path) -> Result<ImageFiles> {
+    let fetch_timeout = LazyOptions::default().read_timeout;
+    let snapshot = repo.open_snapshot(name).await?;
+    let streams = native_repo::native_streams(&snapshot, repo.url())?;
+    std::fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
+    let mut pages = Vec::new();
+    for stream in streams {
+        // Stream names are checked when written, but a manifest is data: never leave `into`.
+        podsnap_repo::format::validate_stream_name(&stream)
+            .map_err(|e| anyhow!("snapshot {name}: {e}"))?;
+        let rel = stream[native_repo::NATIVE_PREFIX.len()..].to_owned();
+        let path = into.join(&rel);
+        if matches!(snapshot.stream(&stream)?.chunking, Chunking::PageCdc { .. }) {
+            pages.push((stream, rel, path));
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        snapshot
+            .read_stream_to_file(&stream, &path, &NoProgress)
+            .await?;
+    }
+    let mut files = ImageFiles::new();
+    for (stream, rel, path) in pages {
+        let file = podsnap_agent::in_place::streamed_file(&snapshot, &stream, &path, fetch_timeout)
+            .map_err(|e| anyhow!("snapshot {name}: reading {stream} in place: {e}"))?;
+        files.insert(rel, Arc::new(file) as Arc<dyn ImageFile>);
+    }
+    anyhow::ensure!(
+        !files.is_empty(),
+        "snapshot {name} has no page files to read in place"
+    );
+    Ok(files)
 }
 
 /// A port of 127.0.0.1 that nothing listens on now.
@@ -572,13 +637,31 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
     // 3. Lazy restore from the same image (warm in the page cache), the PID freed first.
     live.kill(pid);
     live.add(pid);
-    let lazy = lazy_first_response(&image, pid, port, Vec::new(), limit).await?;
+    let lazy = lazy_first_response(
+        &image,
+        pid,
+        port,
+        Vec::new(),
+        RestoreOptions::default(),
+        None,
+        limit,
+    )
+    .await?;
 
     // 4. Again, with the working set that restore recorded as prefetch. This process goes on.
     live.kill(pid);
     live.add(pid);
     let prefetch = lazy.stats.working_set.clone();
-    let prefetched = lazy_first_response(&image, pid, port, prefetch, limit).await?;
+    let prefetched = lazy_first_response(
+        &image,
+        pid,
+        port,
+        prefetch,
+        RestoreOptions::default(),
+        None,
+        limit,
+    )
+    .await?;
     std::fs::remove_dir_all(&image)?;
 
     // 5. Checkpoint through a fresh repository.
@@ -605,6 +688,35 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
     let (_, repo_restore) = restore(staged.path()).await?;
     drop(staged);
 
+    // 7b. Lazy restore streamed from the repository, as on a node without the image: only
+    // the manifest fetched, the page files read in place while they arrive. The PID freed
+    // first; this process goes on.
+    live.kill(pid);
+    live.add(pid);
+    let streamed_repo = open_repo(&repo_dir)?;
+    let staged = native_repo::TempDir::new_in(&stage)?;
+    let start = Instant::now();
+    let files = stream_image(&streamed_repo, "first", staged.path()).await?;
+    let streamed_opened = start.elapsed();
+    let options = RestoreOptions {
+        open_pages: Some(podsnap_native::engine::in_place_opener(
+            staged.path(),
+            files,
+        )),
+        ..Default::default()
+    };
+    let streamed = lazy_first_response(
+        staged.path(),
+        pid,
+        port,
+        Vec::new(),
+        options,
+        Some(start),
+        limit,
+    )
+    .await?;
+    drop(staged);
+
     // 8. A second checkpoint of the running process through the repository.
     let staged = native_repo::TempDir::new_in(&stage)?;
     checkpoint(pid, staged.path(), true).await?;
@@ -622,6 +734,7 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
         ("eager", eager_answer),
         ("lazy", lazy.answer),
         ("prefetch", prefetched.answer),
+        ("streamed", streamed.answer),
     ];
     Ok(Native {
         page_bytes: stats.page_bytes,
@@ -632,6 +745,8 @@ async fn measure_native(dir: &Path, bin: &Path, size: usize) -> Result<Native> {
         eager_response,
         lazy,
         prefetched,
+        streamed,
+        streamed_opened,
         answers,
         repo_read_bytes,
         repo_read,
@@ -887,6 +1002,38 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
     row("  prefetch faults fewer than lazy", &|n, _| {
         format!("{:.1}%", fewer_faults(n))
     });
+    row(
+        "lazy restore streamed from the repository → first response",
+        &|n, _| ms(n.streamed.response),
+    );
+    row("  streamed: running after", &|n, _| {
+        format!(
+            "{} (image open after {})",
+            ms(n.streamed.resumed),
+            ms(n.streamed_opened)
+        )
+    });
+    row("  streamed: demand faults (wait p50/p99)", &|n, _| {
+        faults(&n.streamed.stats)
+    });
+    row(
+        "  streamed: all in after",
+        &|n, _| match n.streamed.stats.fully_resident {
+            Some(t) => secs(t),
+            None => "the process ended first".into(),
+        },
+    );
+    row(
+        "  streamed: fill (vs repository read)",
+        &|n, _| match n.streamed.stats.fully_resident {
+            Some(t) => format!(
+                "{:.2} GB/s (repository read {:.2} GB/s)",
+                gbs(n.page_bytes, t),
+                gbs(n.repo_read_bytes, n.repo_read)
+            ),
+            None => "the process ended first".into(),
+        },
+    );
     row("repository read (streams to a sink)", &|n, _| {
         format!(
             "{} {:.2} GB/s",
@@ -968,12 +1115,17 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
         &runsc(|r, _| r.verdict.clone()),
     );
 
-    let label_width = table.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    // Widths in characters (labels and cells hold → and µ), as the padding counts them.
+    let label_width = table
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
     let widths: Vec<usize> = (0..sizes.len())
         .map(|i| {
             table
                 .iter()
-                .map(|(_, cells)| cells[i].len())
+                .map(|(_, cells)| cells[i].chars().count())
                 .chain([format!("{} MiB", sizes[i]).len()])
                 .max()
                 .unwrap_or(0)
@@ -1037,6 +1189,16 @@ fn print_table(sizes: &[usize], rows: &Rows, runsc_version: &str, dir: &Path) {
         "goal: lazy restore first response within {} ms of the restore starting: {}",
         FIRST_RESPONSE_GOAL.as_millis(),
         each(&|n| (ms(n.lazy.response), n.lazy.response <= FIRST_RESPONSE_GOAL))
+    );
+    println!(
+        "goal: lazy restore streamed from the repository, first response within {} ms of its \
+         start (which includes opening the snapshot and fetching the manifest), whatever the \
+         size: {}",
+        FIRST_RESPONSE_GOAL.as_millis(),
+        each(&|n| (
+            ms(n.streamed.response),
+            n.streamed.response <= FIRST_RESPONSE_GOAL
+        ))
     );
     println!(
         "goal: lazy background fill >= {FILL_GOAL_GBS} GB/s from a warm node cache: {}",
