@@ -204,6 +204,11 @@ pub trait ImageFile: Send + Sync {
     }
     /// Reads exactly `buf.len()` bytes at `offset` (blocking: it may wait for a fetch).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// [`ImageFile::read_at`] for a page fault a restored process is blocked on: its fetches
+    /// go ahead of those already waiting (default: the same as `read_at`).
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(offset, buf)
+    }
 }
 
 /// Image files to read in place, by path relative to the image directory.

@@ -276,6 +276,16 @@ impl PriorityFetcher {
 
     /// Fetches chunk `index` ahead of the background order; returns once the sink has it.
     pub async fn request(&self, index: usize) -> Result<()> {
+        self.request_at(index, false).await
+    }
+
+    /// [`PriorityFetcher::request`] ahead of the requests already waiting too (a page fault
+    /// overtakes a read-ahead).
+    pub async fn request_first(&self, index: usize) -> Result<()> {
+        self.request_at(index, true).await
+    }
+
+    async fn request_at(&self, index: usize, first: bool) -> Result<()> {
         let rx = {
             let mut state = self.shared.state.lock().expect("fetch lock");
             let Some(slot) = state.slots.get_mut(index) else {
@@ -288,7 +298,11 @@ impl PriorityFetcher {
                 Slot::InFlight(waiters) => waiters.push(tx),
                 Slot::Waiting(waiters) => {
                     waiters.push(tx);
-                    state.urgent.push_back(index);
+                    if first {
+                        state.urgent.push_front(index);
+                    } else {
+                        state.urgent.push_back(index);
+                    }
                 }
             }
             rx

@@ -240,6 +240,11 @@ pub trait ByteSource: Send + Sync {
     fn len(&self) -> u64;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// [`ByteSource::read_at`] for a page fault a process is blocked on: a source that
+    /// queues reads (fetches) puts this one ahead of those already waiting.
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(offset, buf)
+    }
     /// Whether the file is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -314,6 +319,16 @@ impl PagesFile {
     /// does not match is an [`std::io::ErrorKind::InvalidData`] error naming the file and
     /// the block; a range past the data an [`std::io::ErrorKind::UnexpectedEof`] one.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_checked(offset, buf, false)
+    }
+
+    /// [`PagesFile::read_at`] for a page fault a process is blocked on (see
+    /// [`ByteSource::read_for_fault`]).
+    pub fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_checked(offset, buf, true)
+    }
+
+    fn read_checked(&self, offset: u64, buf: &mut [u8], fault: bool) -> std::io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -339,21 +354,29 @@ impl PagesFile {
             .saturating_mul(self.block_size)
             .min(self.data_len);
         if span_start == offset && span_end == end {
-            self.source.read_at(PAGES_HEADER + offset, buf)?;
+            self.read_source(PAGES_HEADER + offset, buf, fault)?;
             return self.verify(first, buf);
         }
         let span = (span_start, span_end);
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
-                let r = self.read_span(span, offset, buf, &mut scratch);
+                let r = self.read_span(span, offset, buf, &mut scratch, fault);
                 if scratch.len() > SCRATCH_KEEP {
                     *scratch = Vec::new();
                 }
                 r
             }
             // A source that reads page files itself: a buffer of its own.
-            Err(_) => self.read_span(span, offset, buf, &mut Vec::new()),
+            Err(_) => self.read_span(span, offset, buf, &mut Vec::new(), fault),
         })
+    }
+
+    fn read_source(&self, offset: u64, buf: &mut [u8], fault: bool) -> std::io::Result<()> {
+        if fault {
+            self.source.read_for_fault(offset, buf)
+        } else {
+            self.source.read_at(offset, buf)
+        }
     }
 
     /// Reads the whole blocks `span` (start, end) into `scratch`, checks them, and copies
@@ -364,13 +387,14 @@ impl PagesFile {
         offset: u64,
         buf: &mut [u8],
         scratch: &mut Vec<u8>,
+        fault: bool,
     ) -> std::io::Result<()> {
         let len = (end - start) as usize;
         if scratch.len() < len {
             scratch.resize(len, 0);
         }
         let data = &mut scratch[..len];
-        self.source.read_at(PAGES_HEADER + start, data)?;
+        self.read_source(PAGES_HEADER + start, data, fault)?;
         self.verify(start / self.block_size, data)?;
         let at = (offset - start) as usize;
         buf.copy_from_slice(&data[at..at + buf.len()]);

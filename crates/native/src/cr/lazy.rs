@@ -37,7 +37,8 @@
 //!
 //! Failure never means zeros: a page that cannot be read after [`LazyOptions::read_retries`]
 //! retries (corrupt data — an [`io::ErrorKind::InvalidData`] error of the source, such as a
-//! checksum mismatch — at once, without retries), a read that takes longer than
+//! checksum mismatch — and a source's own time-out, [`io::ErrorKind::TimedOut`], at once,
+//! without retries), a read that takes longer than
 //! [`LazyOptions::read_timeout`] (checked by a watchdog thread), an unexpected userfaultfd
 //! error, or a panic of the server kills the process and its descendants (SIGKILL, through
 //! the pidfd) *before* the userfaultfd is closed, and [`LazyHandle::wait`] returns the reason.
@@ -855,13 +856,33 @@ fn watchdog(shared: Arc<Shared>) {
     }
 }
 
+/// Who reads page data: the watchdog slot it is watched in, and whether a process waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The server, for a page fault (a process is blocked on it).
+    Fault,
+    /// The server, filling what the reader thread left.
+    Sweep,
+    /// The reader thread, ahead of the server.
+    Ahead,
+}
+
+impl Reading {
+    fn slot(self) -> usize {
+        match self {
+            Reading::Fault | Reading::Sweep => 0,
+            Reading::Ahead => 1,
+        }
+    }
+}
+
 /// Reads `buf.len()` bytes of image page data from page `idx`, trying again on errors;
-/// watched by the watchdog in `slot`.
+/// watched by the watchdog.
 fn read_pages(
     source: &(dyn PageSource + Send + Sync),
     img: &Image,
     shared: &Shared,
-    slot: usize,
+    reading: Reading,
     retries: u32,
     idx: u64,
     buf: &mut [u8],
@@ -872,16 +893,26 @@ fn read_pages(
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(10 << (attempt - 1).min(8)));
         }
-        shared.begin_read(slot, offset);
-        let r = source.read_at(offset, buf);
-        shared.end_read(slot);
+        shared.begin_read(reading.slot(), offset);
+        let r = match reading {
+            Reading::Fault => source.read_for_fault(offset, buf),
+            Reading::Sweep | Reading::Ahead => source.read_at(offset, buf),
+        };
+        shared.end_read(reading.slot());
         if shared.stopping() {
             return Err(stopped(shared.pid));
         }
         match r {
             Ok(()) => return Ok(()),
-            // Corrupt data (a checksum mismatch) does not get better: no retry.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            // Corrupt data (a checksum mismatch) does not get better, and a read that already
+            // waited its whole time out (a source with a time limit of its own) is not tried
+            // again either: no retry.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(LazyError::Source {
                     pid: shared.pid,
                     addr: img.image_addr(idx),
@@ -962,7 +993,7 @@ impl Reader {
                     &*self.source,
                     &self.img,
                     &self.shared,
-                    1,
+                    Reading::Ahead,
                     self.retries,
                     i,
                     &mut buf.as_mut_slice()[..bytes],
@@ -1640,7 +1671,7 @@ impl Server {
                         &*self.source,
                         &self.img,
                         &self.shared,
-                        0,
+                        Reading::Fault,
                         self.retries,
                         idx,
                         &mut buf.as_mut_slice()[..bytes],
@@ -1799,7 +1830,7 @@ impl Server {
             &*self.source,
             &self.img,
             &self.shared,
-            0,
+            Reading::Sweep,
             self.retries,
             idx,
             &mut buf.as_mut_slice()[..bytes],

@@ -365,11 +365,20 @@ pub trait SeedOps {
 pub trait PageSource {
     /// Reads `buf.len()` bytes at `offset` of the page data.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// [`PageSource::read_at`] for a page fault a process is blocked on: ahead of reads
+    /// already waiting, where the source queues them.
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(offset, buf)
+    }
 }
 
 impl PageSource for PagesFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         PagesFile::read_at(self, offset, buf)
+    }
+
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        PagesFile::read_for_fault(self, offset, buf)
     }
 }
 

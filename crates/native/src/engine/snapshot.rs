@@ -439,6 +439,10 @@ impl cr::image::ByteSource for InPlace {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.0.read_at(offset, buf)
     }
+
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_for_fault(offset, buf)
+    }
 }
 
 #[cfg(test)]
