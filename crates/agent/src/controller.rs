@@ -108,6 +108,9 @@ pub struct Controller {
     pub(crate) state_dir: std::path::PathBuf,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// The longest a restore streaming its memory from the repository waits for one chunk
+    /// (then the restore fails with the reason; set it like the native engine's read timeout).
+    pub fetch_timeout: Duration,
     /// Manual triggers being carried out.
     pub(crate) busy_triggers: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Pods being checkpointed: a deleted one is stopped only after its checkpoint ends, so
@@ -212,6 +215,7 @@ impl Controller {
             busy_triggers: Arc::new(Mutex::new(std::collections::HashSet::new())),
             checkpointing: Arc::new(Mutex::new(std::collections::HashSet::new())),
             metrics: crate::metrics::Metrics::default(),
+            fetch_timeout: Duration::from_secs(10),
             pods: Arc::new(Mutex::new(HashMap::new())),
             relays: Arc::new(Mutex::new(HashMap::new())),
             terminating: Arc::new(Mutex::new(std::collections::HashSet::new())),

@@ -11,14 +11,15 @@
 //! image cache, so that the next restore of the snapshot on this node links it at once.
 //!
 //! A failed fetch (a missing or corrupt chunk, an unreachable store) fails every read that
-//! needs that chunk, with the repository's message; a fetch that never ends is bounded by
-//! the reader (the native lazy restore's read timeout).
+//! needs that chunk, with the repository's message; a read waits for its chunks for at most
+//! the fetch timeout, so a stalled store fails a restore instead of hanging it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use podsnap_engine::{ImageFile, ImageFiles, WorkingSet};
 use podsnap_repo::{Chunking, PriorityFetcher, Snapshot};
@@ -37,6 +38,7 @@ pub struct StreamedFile {
     starts: Vec<u64>,
     fetcher: PriorityFetcher,
     runtime: tokio::runtime::Handle,
+    fetch_timeout: Duration,
     write_error: Arc<Mutex<Option<String>>>,
 }
 
@@ -46,6 +48,18 @@ impl ImageFile for StreamedFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read(offset, buf, false)
+    }
+
+    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read(offset, buf, true)
+    }
+}
+
+impl StreamedFile {
+    /// Reads `buf.len()` bytes at `offset` once the chunks that hold them are in; `fault`:
+    /// their fetches go ahead of every other waiting one.
+    fn read(&self, offset: u64, buf: &mut [u8], fault: bool) -> std::io::Result<()> {
         let end = offset.saturating_add(buf.len() as u64);
         if end > self.size {
             return Err(std::io::Error::new(
@@ -61,15 +75,41 @@ impl ImageFile for StreamedFile {
         if buf.is_empty() {
             return Ok(());
         }
-        for index in chunks_covering(&self.starts, offset, end) {
-            self.runtime
-                .block_on(self.fetcher.request(index))
-                .map_err(|e| {
-                    std::io::Error::other(format!(
+        let chunks = chunks_covering(&self.starts, offset, end);
+        if !fault {
+            // All of them queued at once, fetched side by side.
+            self.fetcher.prioritize(&chunks.clone().collect::<Vec<_>>());
+        }
+        for index in chunks {
+            // The timer is made inside the runtime's context (this thread has none).
+            let fetched = self.runtime.block_on(async {
+                let request = async {
+                    match fault {
+                        true => self.fetcher.request_first(index).await,
+                        false => self.fetcher.request(index).await,
+                    }
+                };
+                tokio::time::timeout(self.fetch_timeout, request).await
+            });
+            match fetched {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(std::io::Error::other(format!(
                         "chunk {index} of {} could not be fetched from the repository: {e}",
                         self.stream
-                    ))
-                })?;
+                    )));
+                }
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "chunk {index} of {} did not arrive from the repository within \
+                             {:?}; check that the storage is reachable",
+                            self.stream, self.fetch_timeout
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(message) = self.write_error.lock().expect("write error lock").clone() {
             return Err(std::io::Error::other(message));
@@ -104,20 +144,30 @@ pub fn can_read_in_place(snapshot: &Snapshot) -> bool {
 
 /// Puts the native checkpoint of `snapshot` into the empty directory `into`: linked from the
 /// node's cache when it is there (no files to read in place), or with every file but the
-/// page files assembled and the page files returned to be read in place while they arrive.
-/// `working_set` (from an earlier restore) is fetched first.
+/// page files assembled and the page files returned to be read in place while they arrive
+/// (a read waits at most `fetch_timeout` for its chunks). `working_set` (from an earlier
+/// restore) is fetched first.
 pub async fn provide(
     cache: &ImageCache,
     snapshot: &Snapshot,
     into: &Path,
     working_set: Option<&WorkingSet>,
+    fetch_timeout: Duration,
     progress: &dyn podsnap_repo::Progress,
 ) -> Result<(CacheOutcome, ImageFiles), String> {
     if cache.link_cached(snapshot, into) {
         return Ok((CacheOutcome::Hit, ImageFiles::new()));
     }
     let partial = cache.partial_dir()?;
-    let result = provide_into(cache, snapshot, &partial, into, working_set, progress).await;
+    let result = provide_into(
+        cache,
+        snapshot,
+        (&partial, into),
+        working_set,
+        fetch_timeout,
+        progress,
+    )
+    .await;
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
@@ -127,9 +177,9 @@ pub async fn provide(
 async fn provide_into(
     cache: &ImageCache,
     snapshot: &Snapshot,
-    partial: &Path,
-    into: &Path,
+    (partial, into): (&Path, &Path),
     working_set: Option<&WorkingSet>,
+    fetch_timeout: Duration,
     progress: &dyn podsnap_repo::Progress,
 ) -> Result<ImageFiles, String> {
     images::assemble_where(snapshot, partial, progress, |name| {
@@ -144,7 +194,7 @@ async fn provide_into(
         }
         let relative = images::file_of_stream(&stream.name)?;
         let path = partial.join(&relative);
-        let file = streamed_file(snapshot, &stream.name, &path)?;
+        let file = streamed_file(snapshot, &stream.name, &path, fetch_timeout)?;
         if let Some(set) = working_set
             && let Some(offsets) = set.files.get(&relative)
         {
@@ -171,8 +221,14 @@ async fn provide_into(
 }
 
 /// A new file at `path`, of stream `name`'s size, filled from the repository by a fetcher
-/// started now, and read in place through the returned [`StreamedFile`].
-pub fn streamed_file(snapshot: &Snapshot, name: &str, path: &Path) -> Result<StreamedFile, String> {
+/// started now, and read in place through the returned [`StreamedFile`] (whose reads wait
+/// at most `fetch_timeout` for their chunks).
+pub fn streamed_file(
+    snapshot: &Snapshot,
+    name: &str,
+    path: &Path,
+    fetch_timeout: Duration,
+) -> Result<StreamedFile, String> {
     let stream = snapshot.stream(name).map_err(|e| e.to_string())?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -217,6 +273,7 @@ pub fn streamed_file(snapshot: &Snapshot, name: &str, path: &Path) -> Result<Str
         starts,
         fetcher,
         runtime: tokio::runtime::Handle::current(),
+        fetch_timeout,
         write_error,
     })
 }

@@ -983,6 +983,7 @@ impl Controller {
                     &opened,
                     &image_dir,
                     input.working_set.as_ref(),
+                    self.fetch_timeout,
                     &download,
                 )
                 .await?;

@@ -48,8 +48,9 @@ pub struct ServeArgs {
     /// with `runtimeClassName: gvisor` or `runtimeClassName: native` where it is available.
     #[arg(long, value_enum, default_value = "gvisor")]
     default_runtime: RuntimeArg,
-    /// The longest a lazily restored native Pod waits for one read of its memory (a chunk
-    /// from a slow or unreachable repository), in seconds; then the Pod is killed and its
+    /// The longest a native Pod's restore waits for one read of its memory (a chunk from a
+    /// slow or unreachable repository), in seconds: a restore still starting fails and the
+    /// Pod starts cold (the event says why); a Pod already running is killed and its
     /// `PodMemoryResident` condition says why.
     #[arg(long, default_value_t = 10.0)]
     lazy_read_timeout: f64,
@@ -110,11 +111,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     ))
     .await
     .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
+    let read_timeout = std::time::Duration::try_from_secs_f64(args.lazy_read_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--lazy-read-timeout must be a positive number of seconds")?;
     let native = podsnap_native::engine::NativeEngine::new(podsnap_native::engine::NativeConfig {
-        lazy_read_timeout: std::time::Duration::try_from_secs_f64(args.lazy_read_timeout)
-            .ok()
-            .filter(|t| !t.is_zero())
-            .context("--lazy-read-timeout must be a positive number of seconds")?,
+        lazy_read_timeout: read_timeout,
         ..podsnap_native::engine::NativeConfig::new(args.state_dir.join("native"))
     })
     .map(|e| Arc::new(e) as Arc<dyn podsnap_engine::Engine>);
@@ -143,8 +145,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         plugin_dir: args.cni_plugin_dir.clone(),
     };
     runner.enable_networks(&args.state_dir, &settings).await?;
-    let controller =
+    let mut controller =
         podsnap_agent::controller::Controller::new(store.clone(), runner, &args.state_dir);
+    controller.fetch_timeout = read_timeout;
     let api = podsnap_agent::api::Api::new(store, controller.clone());
     tokio::spawn(controller.run());
     api.serve(&args.socket)

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -325,4 +326,203 @@ async fn wait_resident(client: &Client, name: &str) -> serde_json::Value {
         assert!(Instant::now() < deadline, "the memory never came in: {p}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The file of a stored chunk of snapshot `snapshot`'s largest page stream in the local
+/// repository under `repo`: the one at `share` (0.0: the first, 1.0: the last) of the
+/// stream's stored chunks.
+fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::PathBuf {
+    let manifest = walk(repo)
+        .into_iter()
+        .find(|p| p.ends_with("manifest.json") && p.parent().is_some_and(|d| d.ends_with(snapshot)))
+        .expect("the snapshot's manifest");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let stream = manifest["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("native/processes/pages-"))
+        })
+        .max_by_key(|s| s["size"].as_u64())
+        .expect("a page stream");
+    let ids: Vec<&str> = stream["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert!(!ids.is_empty(), "no stored chunk: {stream}");
+    let id = ids[((ids.len() - 1) as f64 * share) as usize].to_owned();
+    walk(repo)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|f| f == id.as_str()))
+        .expect("the chunk's file")
+}
+
+/// Waits until Pod `name`'s restore failed cleanly; the reason: its `PodMemoryResident`
+/// condition's message when it failed while running (its memory coming in), or the
+/// `RestoreFailed` event's when it failed before (and the Pod started cold).
+async fn wait_restore_failure(client: &Client, name: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = pod(client, name).await;
+        let resident = condition_of(&p, "PodMemoryResident");
+        if resident["reason"] == "Failed" {
+            return resident["message"].as_str().unwrap_or_default().to_owned();
+        }
+        assert_ne!(resident["status"], "True", "{p}");
+        let events = client
+            .json(
+                Method::GET,
+                &format!("/events?namespace=default&name={name}"),
+                None,
+            )
+            .await
+            .unwrap();
+        let failed = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["reason"] == "RestoreFailed");
+        if let Some(event) = failed {
+            return event["message"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore did not fail within {limit:?}: {p} {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fault injection on the repository a restored Pod streams its memory from: a corrupt chunk
+/// and a chunk whose read never ends each fail the running Pod cleanly with the reason (the
+/// latter after the agent's `--lazy-read-timeout`): it is killed, not left blocked, and its
+/// `PodMemoryResident` condition says why (a failure before the Pod runs starts it cold
+/// instead, with a `RestoreFailed` event). Neither harms the snapshot: once the store is
+/// mended, the next replica restores completely.
+#[tokio::test]
+async fn a_corrupt_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = StateCleanup(dir.path().to_path_buf());
+    let _native = NativeCleanup(dir.path().join("native"));
+    busybox_image(dir.path());
+    let (_agent, client, _engine) =
+        start_agent_with(dir.path(), &[], &["--lazy-read-timeout", "2"]).await;
+    client
+        .apply(&snapshot_setup(
+            dir.path(),
+            "counter",
+            "type: manual, postCheckpoint: resume",
+            &NATIVE_COUNTER.replace("NAME", "origin"),
+        ))
+        .await
+        .unwrap();
+    wait_phase(&client, "origin", "Running").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let trigger = run_trigger(&client, "now", "origin").await;
+    let snapshot = trigger["status"]["snapshotCreated"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no snapshot: {trigger}"))
+        .to_owned();
+    let repo = dir.path().join("snapshots");
+    // A chunk in the middle of the shell's 48 MB (memory that comes in after it runs), and
+    // the last one (which holds pages put in place before it runs).
+    let (middle, last) = (
+        page_chunk(&repo, &snapshot, 0.5),
+        page_chunk(&repo, &snapshot, 1.0),
+    );
+    assert_ne!(middle, last);
+
+    // A corrupt chunk: the Pod, running by then, is killed as its memory reaches the chunk,
+    // and its condition names it.
+    let good = std::fs::read(&middle).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x55;
+    std::fs::write(&middle, &bad).unwrap();
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "corrupt"))
+        .await
+        .unwrap();
+    let message = wait_restore_failure(&client, "corrupt", Duration::from_secs(20)).await;
+    assert!(
+        message.starts_with("its memory could not be brought in")
+            && message.contains("could not be fetched from the repository")
+            && message.contains("native/processes/pages-")
+            && message.contains("is corrupt"),
+        "{message}"
+    );
+    std::fs::write(&middle, &good).unwrap();
+
+    // A chunk whose read never ends (a FIFO nobody writes): the Pod, running by then, waits
+    // for at most the read timeout where it needs that memory, then is killed with the reason.
+    let chunk = last;
+    let good = std::fs::read(&chunk).unwrap();
+    // As on a node that has not read the snapshot before: without the chunks the first
+    // replica's restore brought into the agent's chunk cache.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_dir_all(dir.path().join("chunk-cache")).unwrap();
+    std::fs::remove_file(&chunk).unwrap();
+    nix::unistd::mkfifo(&chunk, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let started = Instant::now();
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "stalled"))
+        .await
+        .unwrap();
+    let message = wait_restore_failure(&client, "stalled", Duration::from_secs(30)).await;
+    assert!(
+        message.starts_with("its memory could not be brought in")
+            && message.contains("did not arrive from the repository within 2s"),
+        "{message}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // Its container was killed (not left blocked), and the restart policy takes over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = pod(&client, "stalled").await;
+        if p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled Pod was not killed: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        event_reasons(&client, "stalled")
+            .await
+            .contains(&"BackOff".to_owned())
+    );
+    // Let the stuck read end, and mend the store.
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&chunk),
+    );
+    std::fs::remove_file(&chunk).unwrap();
+    std::fs::write(&chunk, &good).unwrap();
+
+    // The snapshot itself is unharmed: a new replica restores and all its memory comes in.
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "mended"))
+        .await
+        .unwrap();
+    wait_phase(&client, "mended", "Running").await;
+    wait_resident(&client, "mended").await;
+    let metrics = client
+        .request(Method::GET, "/metrics", None, "text/plain")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("podsnap_lazy_restores_total{outcome=\"complete\"} 1"),
+        "{metrics}"
+    );
 }

@@ -35,10 +35,20 @@ pub async fn start_agent_with_env(
     dir: &Path,
     env: &[(&str, &str)],
 ) -> (Agent, Client, Arc<GvisorEngine>) {
+    start_agent_with(dir, env, &[]).await
+}
+
+/// [`start_agent`] with extra environment variables and `podsnap serve` arguments.
+pub async fn start_agent_with(
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Agent, Client, Arc<GvisorEngine>) {
     let socket = dir.join("agent.sock");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_podsnap"))
         .envs(env.iter().copied())
         .arg("serve")
+        .args(args)
         .arg(format!("--state-dir={}", dir.display()))
         .arg(format!("--images={}", dir.join("images").display()))
         .arg(format!("--socket={}", socket.display()))
