@@ -57,6 +57,13 @@ impl ImageFile for StreamedFile {
 }
 
 impl StreamedFile {
+    /// Fetches the chunks holding the `block` bytes at each of `offsets` (a recorded working
+    /// set) ahead of the background order, in this order, without waiting for them.
+    pub fn prefetch(&self, offsets: &[u64], block: u64) {
+        self.fetcher
+            .prioritize(&first_chunks(&self.starts, offsets, block));
+    }
+
     /// Reads `buf.len()` bytes at `offset` once the chunks that hold them are in; `fault`:
     /// their fetches go ahead of every other waiting one.
     fn read(&self, offset: u64, buf: &mut [u8], fault: bool) -> std::io::Result<()> {
@@ -198,8 +205,7 @@ async fn provide_into(
         if let Some(set) = working_set
             && let Some(offsets) = set.files.get(&relative)
         {
-            file.fetcher
-                .prioritize(&first_chunks(&file.starts, offsets, set.block));
+            file.prefetch(offsets, set.block);
         }
         fetchers.push((stream.name.clone(), file.fetcher.clone()));
         files.insert(relative, Arc::new(file) as Arc<dyn ImageFile>);

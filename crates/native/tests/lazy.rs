@@ -364,6 +364,8 @@ fn a_prefetch_order_is_read_first() {
             ..Default::default()
         },
     );
+    // `prefetch_first`: the blocks were read (and copied) before `start` returned.
+    assert!(src.log.as_ref().unwrap().lock().unwrap().len() >= 8);
     kid.go();
     let stats = handle.wait().expect("lazy restore");
     assert_eq!(stats.background_bytes, image_bytes(pages, layout));
@@ -374,6 +376,7 @@ fn a_prefetch_order_is_read_first() {
     let log = src.log.as_ref().unwrap().lock().unwrap();
     assert_eq!(&log[..8], &expected[..], "prefetch blocks first, in order");
     assert!(log[8] < expected[7], "then the rest from the start");
+    assert_eq!(stats.prefetch_bytes, 8 * fb, "counted as prefetched");
 }
 
 #[test]
