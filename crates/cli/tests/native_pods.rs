@@ -154,16 +154,7 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
     let _native = NativeCleanup(dir.path().join("native"));
     busybox_image(dir.path());
     let (_agent, client, _engine) = start_agent(dir.path()).await;
-    client
-        .apply(&snapshot_setup(
-            dir.path(),
-            "counter",
-            "type: manual, postCheckpoint: resume",
-            &NATIVE_COUNTER.replace("NAME", "origin"),
-        ))
-        .await
-        .unwrap();
-    wait_phase(&client, "origin", "Running").await;
+    start_origin(dir.path(), &client).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = count(&client, "origin").await;
     assert!(before > 0);
@@ -281,11 +272,26 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
     assert!(prefetched > 0.0, "{metrics}");
 }
 
+/// Applies a local repository, a policy with manual triggers that resume the Pod, and the
+/// native counter Pod `origin`; waits until it runs.
+async fn start_origin(dir: &std::path::Path, client: &Client) {
+    client
+        .apply(&snapshot_setup(
+            dir,
+            "counter",
+            "type: manual, postCheckpoint: resume",
+            &NATIVE_COUNTER.replace("NAME", "origin"),
+        ))
+        .await
+        .unwrap();
+    wait_phase(client, "origin", "Running").await;
+}
+
 /// Waits for the working set of `snapshot` to be stored in the repository under `repo`.
 async fn wait_for_working_set(repo: &std::path::Path, snapshot: &str) -> std::path::PathBuf {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let found = walk(repo).into_iter().find(|p| {
+        let found = files_under(repo).into_iter().find(|p| {
             p.ends_with("working-set.json") && p.parent().is_some_and(|d| d.ends_with(snapshot))
         });
         if let Some(path) = found {
@@ -298,19 +304,6 @@ async fn wait_for_working_set(repo: &std::path::Path, snapshot: &str) -> std::pa
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Waits until Pod `name`'s memory is all in (its `PodMemoryResident` condition True).
@@ -332,7 +325,7 @@ async fn wait_resident(client: &Client, name: &str) -> serde_json::Value {
 /// repository under `repo`: the one at `share` (0.0: the first, 1.0: the last) of the
 /// stream's stored chunks.
 fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::PathBuf {
-    let manifest = walk(repo)
+    let manifest = files_under(repo)
         .into_iter()
         .find(|p| p.ends_with("manifest.json") && p.parent().is_some_and(|d| d.ends_with(snapshot)))
         .expect("the snapshot's manifest");
@@ -357,7 +350,7 @@ fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::
         .collect();
     assert!(!ids.is_empty(), "no stored chunk: {stream}");
     let id = ids[((ids.len() - 1) as f64 * share) as usize].to_owned();
-    walk(repo)
+    files_under(repo)
         .into_iter()
         .find(|p| p.file_name().is_some_and(|f| f == id.as_str()))
         .expect("the chunk's file")
@@ -375,14 +368,7 @@ async fn wait_restore_failure(client: &Client, name: &str, limit: Duration) -> S
             return resident["message"].as_str().unwrap_or_default().to_owned();
         }
         assert_ne!(resident["status"], "True", "{p}");
-        let events = client
-            .json(
-                Method::GET,
-                &format!("/events?namespace=default&name={name}"),
-                None,
-            )
-            .await
-            .unwrap();
+        let events = events(client, name).await;
         let failed = events["items"]
             .as_array()
             .into_iter()
@@ -413,16 +399,7 @@ async fn a_corrupt_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason(
     busybox_image(dir.path());
     let (_agent, client, _engine) =
         start_agent_with(dir.path(), &[], &["--lazy-read-timeout", "2"]).await;
-    client
-        .apply(&snapshot_setup(
-            dir.path(),
-            "counter",
-            "type: manual, postCheckpoint: resume",
-            &NATIVE_COUNTER.replace("NAME", "origin"),
-        ))
-        .await
-        .unwrap();
-    wait_phase(&client, "origin", "Running").await;
+    start_origin(dir.path(), &client).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let trigger = run_trigger(&client, "now", "origin").await;
     let snapshot = trigger["status"]["snapshotCreated"]["name"]

@@ -282,17 +282,38 @@ pub async fn apply_expecting_cold_start(client: &Client, yaml: &str, name: &str,
     assert!(reasons.iter().any(|r| r == reason), "{name}: {reasons:?}");
 }
 
-/// The reasons of the events recorded for object `name` in namespace default.
-pub async fn event_reasons(client: &Client, name: &str) -> Vec<String> {
-    let events = client
+/// The events recorded for object `name` in namespace default (`{"items": [...]}`).
+pub async fn events(client: &Client, name: &str) -> Value {
+    client
         .json(
             Method::GET,
             &format!("/events?namespace=default&name={name}"),
             None,
         )
         .await
-        .unwrap();
-    events["items"]
+        .unwrap()
+}
+
+/// The files under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The reasons of the events recorded for object `name` in namespace default.
+pub async fn event_reasons(client: &Client, name: &str) -> Vec<String> {
+    events(client, name).await["items"]
         .as_array()
         .unwrap()
         .iter()
