@@ -58,10 +58,12 @@ pub enum BenchCommand {
         passes: Option<u32>,
     },
     /// The native checkpoint/restore engine on a C program with N MiB of touched memory (built
-    /// with `cc` here): cold start, checkpoint and eager restore (time, GB/s), the snapshot
-    /// repository's read throughput for the image, checkpoint and restore through the
-    /// repository, a second checkpoint's upload, and runsc's checkpoint and restore of the same
-    /// program, side by side with the goals. As root.
+    /// with `cc` here): cold start, checkpoint and eager restore (time, GB/s), time to first
+    /// response after cold start, eager, lazy and prefetched lazy restores (demand faults with
+    /// their wait, background fill), the snapshot repository's read throughput for the image,
+    /// checkpoint and restore through the repository, lazy restores streamed from it (with
+    /// and without the working set prefetched), a second checkpoint's upload, and runsc's
+    /// checkpoint and restore of the same program, side by side with the goals. As root.
     Native {
         /// Memory sizes in MiB.
         #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]

@@ -356,6 +356,14 @@ fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::
         .expect("the chunk's file")
 }
 
+/// Empties the agent's chunk cache, as on a node that has not read the snapshot before (the
+/// chunks an earlier replica's restore brought in would be served from it), once the
+/// fetches still running have ended.
+async fn forget_chunks(state_dir: &std::path::Path) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::fs::remove_dir_all(state_dir.join("chunk-cache"));
+}
+
 /// Waits until Pod `name`'s restore failed cleanly; the reason: its `PodMemoryResident`
 /// condition's message when it failed while running (its memory coming in), or the
 /// `RestoreFailed` event's when it failed before (and the Pod started cold).
@@ -385,14 +393,14 @@ async fn wait_restore_failure(client: &Client, name: &str, limit: Duration) -> S
     }
 }
 
-/// Fault injection on the repository a restored Pod streams its memory from: a corrupt chunk
-/// and a chunk whose read never ends each fail the running Pod cleanly with the reason (the
+/// Fault injection on the repository a restored Pod streams its memory from: a corrupt chunk,
+/// a missing one and one whose read never ends each fail the running Pod cleanly with the reason (the
 /// latter after the agent's `--lazy-read-timeout`): it is killed, not left blocked, and its
 /// `PodMemoryResident` condition says why (a failure before the Pod runs starts it cold
 /// instead, with a `RestoreFailed` event). Neither harms the snapshot: once the store is
 /// mended, the next replica restores completely.
 #[tokio::test]
-async fn a_corrupt_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason() {
+async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = StateCleanup(dir.path().to_path_buf());
     let _native = NativeCleanup(dir.path().join("native"));
@@ -436,14 +444,29 @@ async fn a_corrupt_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason(
     );
     std::fs::write(&middle, &good).unwrap();
 
+    // A missing chunk (a store that fails to deliver it): the same, naming it.
+    let quarter = page_chunk(&repo, &snapshot, 0.25);
+    let kept = std::fs::read(&quarter).unwrap();
+    forget_chunks(dir.path()).await;
+    std::fs::remove_file(&quarter).unwrap();
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", "missing"))
+        .await
+        .unwrap();
+    let message = wait_restore_failure(&client, "missing", Duration::from_secs(20)).await;
+    assert!(
+        message.starts_with("its memory could not be brought in")
+            && message.contains("could not be fetched from the repository")
+            && message.contains("native/processes/pages-"),
+        "{message}"
+    );
+    std::fs::write(&quarter, &kept).unwrap();
+
     // A chunk whose read never ends (a FIFO nobody writes): the Pod, running by then, waits
     // for at most the read timeout where it needs that memory, then is killed with the reason.
     let chunk = last;
     let good = std::fs::read(&chunk).unwrap();
-    // As on a node that has not read the snapshot before: without the chunks the first
-    // replica's restore brought into the agent's chunk cache.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    std::fs::remove_dir_all(dir.path().join("chunk-cache")).unwrap();
+    forget_chunks(dir.path()).await;
     std::fs::remove_file(&chunk).unwrap();
     nix::unistd::mkfifo(&chunk, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let started = Instant::now();
