@@ -404,6 +404,19 @@ pub(crate) fn link_all(from: &Path, into: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Flushes every file under `dir` to disk.
+pub(crate) fn sync_all(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_all(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_data()?;
+        }
+    }
+    Ok(())
+}
+
 /// Marks an entry as just used.
 fn touch(entry: &Path) {
     if let Ok(dir) = std::fs::File::open(entry) {

@@ -207,21 +207,40 @@ async fn provide_into(
         {
             file.prefetch(offsets, set.block);
         }
-        fetchers.push((stream.name.clone(), file.fetcher.clone()));
+        fetchers.push((
+            stream.name.clone(),
+            file.fetcher.clone(),
+            file.write_error.clone(),
+        ));
         files.insert(relative, Arc::new(file) as Arc<dyn ImageFile>);
     }
     images::link_all(partial, into).map_err(|e| format!("linking the image files: {e}"))?;
     // Once every chunk is in, the directory is a complete image: cache it.
     let (cache, partial, snapshot) = (cache.clone(), partial.to_path_buf(), snapshot.clone());
     tokio::spawn(async move {
-        for (stream, fetcher) in fetchers {
-            if let Err(e) = fetcher.wait_all().await {
-                tracing::warn!(%stream, error = %e, "a page file did not arrive completely; it is not cached");
+        for (stream, fetcher, write_error) in fetchers {
+            let failed = match fetcher.wait_all().await {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => write_error.lock().expect("write error lock").clone(),
+            };
+            if let Some(error) = failed {
+                tracing::warn!(%stream, %error, "a page file did not arrive completely; it is not cached");
                 let _ = std::fs::remove_dir_all(&partial);
                 return;
             }
         }
-        cache.adopt(&snapshot, &partial);
+        // On disk before it is an entry: a cached image is trusted (its blocks still checked).
+        let synced = tokio::task::spawn_blocking({
+            let partial = partial.clone();
+            move || images::sync_all(&partial)
+        })
+        .await;
+        match synced {
+            Ok(Ok(())) => cache.adopt(&snapshot, &partial),
+            _ => {
+                let _ = std::fs::remove_dir_all(&partial);
+            }
+        }
     });
     Ok(files)
 }

@@ -146,7 +146,6 @@ impl Controller {
         })
     }
 
-    /// The node's cache of assembled checkpoint images.
     /// Once the lazy restore of sandbox `sandbox_id` has all its memory in, stores what its
     /// processes touched first with snapshot `snapshot`, for later restores to fetch first.
     fn record_working_set(
@@ -181,6 +180,7 @@ impl Controller {
         });
     }
 
+    /// The node's cache of assembled checkpoint images.
     fn image_cache(&self) -> ImageCache {
         ImageCache::new(self.state_dir.join("image-cache"), IMAGE_CACHE_BYTES)
     }

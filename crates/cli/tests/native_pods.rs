@@ -356,6 +356,22 @@ fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::
         .expect("the chunk's file")
 }
 
+/// Applies the replica `name` and waits until its restore fails while it runs (so it was
+/// killed); the reason, which names the page stream that could not be read.
+async fn replica_fails_running(client: &Client, name: &str) -> String {
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", name))
+        .await
+        .unwrap();
+    let message = wait_restore_failure(client, name, Duration::from_secs(30)).await;
+    assert!(
+        message.starts_with("its memory could not be brought in")
+            && message.contains("native/processes/pages-"),
+        "{message}"
+    );
+    message
+}
+
 /// Empties the agent's chunk cache, as on a node that has not read the snapshot before (the
 /// chunks an earlier replica's restore brought in would be served from it), once the
 /// fetches still running have ended.
@@ -430,15 +446,9 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     let at = bad.len() / 2;
     bad[at] ^= 0x55;
     std::fs::write(&middle, &bad).unwrap();
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "corrupt"))
-        .await
-        .unwrap();
-    let message = wait_restore_failure(&client, "corrupt", Duration::from_secs(20)).await;
+    let message = replica_fails_running(&client, "corrupt").await;
     assert!(
-        message.starts_with("its memory could not be brought in")
-            && message.contains("could not be fetched from the repository")
-            && message.contains("native/processes/pages-")
+        message.contains("could not be fetched from the repository")
             && message.contains("is corrupt"),
         "{message}"
     );
@@ -449,15 +459,9 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     let kept = std::fs::read(&quarter).unwrap();
     forget_chunks(dir.path()).await;
     std::fs::remove_file(&quarter).unwrap();
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "missing"))
-        .await
-        .unwrap();
-    let message = wait_restore_failure(&client, "missing", Duration::from_secs(20)).await;
+    let message = replica_fails_running(&client, "missing").await;
     assert!(
-        message.starts_with("its memory could not be brought in")
-            && message.contains("could not be fetched from the repository")
-            && message.contains("native/processes/pages-"),
+        message.contains("could not be fetched from the repository"),
         "{message}"
     );
     std::fs::write(&quarter, &kept).unwrap();
@@ -470,14 +474,9 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     std::fs::remove_file(&chunk).unwrap();
     nix::unistd::mkfifo(&chunk, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let started = Instant::now();
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "stalled"))
-        .await
-        .unwrap();
-    let message = wait_restore_failure(&client, "stalled", Duration::from_secs(30)).await;
+    let message = replica_fails_running(&client, "stalled").await;
     assert!(
-        message.starts_with("its memory could not be brought in")
-            && message.contains("did not arrive from the repository within 2s"),
+        message.contains("did not arrive from the repository within 2s"),
         "{message}"
     );
     assert!(started.elapsed() >= Duration::from_secs(2));

@@ -53,8 +53,9 @@
 //! minor-fault scheme would back the memory with a memfd whose page cache the fill writes,
 //! and every page the process then touches still takes a (minor) fault to be mapped — about
 //! 1.6 µs each here — while a page this server has copied costs nothing more. A demand fault
-//! here fills a 64 KiB block for one round trip (p50 about 22 µs, i.e. 1.4 µs per page) and
-//! the background fill runs at 1–3 GB/s (about 1.3–4 µs per page, with no fault afterwards).
+//! here fills a 64 KiB block for one round trip (p50 22–60 µs in the benchmark, i.e. 1.4–3.7
+//! µs per page) and the background fill runs at 2–3.5 GB/s (about 1.2–2 µs per page, with no
+//! fault afterwards).
 //! The memfd would also turn private anonymous memory into a private mapping of a file, which
 //! a later checkpoint and `/proc/PID/maps` would see. Shared memory (shmem/memfd objects) is
 //! restored eagerly.
