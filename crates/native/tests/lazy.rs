@@ -115,13 +115,17 @@ fn compiled() -> &'static Path {
         let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/native/lazy_child.c");
         let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lazy_child");
+        // Every test process (nextest) compiles it: each into a file of its own, renamed into
+        // place, so that none runs a file another is still writing ("text file busy").
+        let fresh = bin.with_extension(format!("{}.tmp", std::process::id()));
         let st = Command::new("cc")
             .args(["-O2", "-Wall", "-o"])
-            .arg(&bin)
+            .arg(&fresh)
             .arg(&src)
             .status()
             .expect("cc runs");
         assert!(st.success(), "compiling {}", src.display());
+        std::fs::rename(&fresh, &bin).expect("placing the compiled test program");
         bin
     })
 }
