@@ -476,11 +476,7 @@ async fn a_manual_snapshot_restores_a_new_pod_and_a_changed_pod_starts_cold() {
     apply_expecting_cold_start(&client, &changed, "changed", "HashMismatch").await;
 
     // The agent's metrics count what happened.
-    let metrics = client
-        .request(Method::GET, "/metrics", None, "text/plain")
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = agent_metrics(&client).await;
     for line in [
         "podsnap_checkpoints_total{outcome=\"success\"} 2",
         "podsnap_restores_total{outcome=\"success\"} 2",

@@ -225,11 +225,7 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
         2,
         "origin and replica run natively"
     );
-    let metrics = client
-        .request(Method::GET, "/metrics", None, "text/plain")
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = agent_metrics(&client).await;
     assert!(
         metrics.contains("podsnap_lazy_restores_total{outcome=\"complete\"} 1"),
         "{metrics}"
@@ -259,11 +255,7 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
     wait_phase(&client, "second", "Running").await;
     wait_resident(&client, "second").await;
     assert!(count(&client, "second").await >= before);
-    let metrics = client
-        .request(Method::GET, "/metrics", None, "text/plain")
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = agent_metrics(&client).await;
     let prefetched: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("podsnap_lazy_restore_prefetched_bytes_total "))
@@ -515,11 +507,7 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
         .unwrap();
     wait_phase(&client, "mended", "Running").await;
     wait_resident(&client, "mended").await;
-    let metrics = client
-        .request(Method::GET, "/metrics", None, "text/plain")
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = agent_metrics(&client).await;
     assert!(
         metrics.contains("podsnap_lazy_restores_total{outcome=\"complete\"} 1"),
         "{metrics}"

@@ -282,6 +282,15 @@ pub async fn apply_expecting_cold_start(client: &Client, yaml: &str, name: &str,
     assert!(reasons.iter().any(|r| r == reason), "{name}: {reasons:?}");
 }
 
+/// The agent's metrics, in Prometheus' text format.
+pub async fn agent_metrics(client: &Client) -> String {
+    let body = client
+        .request(Method::GET, "/metrics", None, "text/plain")
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// The events recorded for object `name` in namespace default (`{"items": [...]}`).
 pub async fn events(client: &Client, name: &str) -> Value {
     client
