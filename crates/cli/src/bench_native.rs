@@ -631,11 +631,7 @@ async fn stream_image(
 
 /// The page runs of each page file of the image in `dir` (by file name), from its manifest.
 fn page_runs(dir: &Path) -> Result<std::collections::BTreeMap<String, Vec<cr::image::PageRun>>> {
-    let path = dir.join(cr::image::MANIFEST);
-    let manifest: cr::image::Manifest = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("{} is not an image manifest", path.display()))?;
+    let manifest = cr::image::read_manifest(dir)?;
     Ok(manifest
         .processes
         .into_iter()

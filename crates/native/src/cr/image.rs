@@ -436,6 +436,17 @@ pub fn read_image(dir: &Path) -> Result<(Manifest, Vec<PagesFile>)> {
 /// (length and header; its data is checked as it is read, by [`PagesFile::read_at`]); the
 /// page files in the order of the processes.
 pub fn read_image_with(dir: &Path, open: &PagesOpener) -> Result<(Manifest, Vec<PagesFile>)> {
+    let manifest = read_manifest(dir)?;
+    let mut files = Vec::new();
+    for p in &manifest.processes {
+        files.push(open_pages(dir, &p.pages, open)?);
+    }
+    Ok((manifest, files))
+}
+
+/// Reads and validates the manifest of the image in `dir` (magic, version, tree, shared
+/// memory, zombies, page indexes and block checksums' shape), without opening page files.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
     let text = std::fs::read(&mpath).map_err(io_err(
         &mpath,
@@ -479,13 +490,11 @@ pub fn read_image_with(dir: &Path, open: &PagesOpener) -> Result<(Manifest, Vec<
             ));
         }
     }
-    let mut files = Vec::new();
     for p in &manifest.processes {
         check_index(&mpath, &p.pages)?;
         check_blocks(&mpath, &p.pages)?;
-        files.push(open_pages(dir, &p.pages, open)?);
     }
-    Ok((manifest, files))
+    Ok(manifest)
 }
 
 /// The tree must be non-empty, its PIDs and TIDs unique and positive, every parent before its

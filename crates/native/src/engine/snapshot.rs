@@ -393,17 +393,10 @@ pub fn restore_into(
     Ok(())
 }
 
-/// The page runs of every process of the process-tree image in `dir`, by image pid (read
-/// from its manifest; the restore validates the image itself).
+/// The page runs of every process of the process-tree image in `dir`, by image pid.
 fn page_index(dir: &Path) -> Result<BTreeMap<i32, Vec<cr::image::PageRun>>> {
-    let path = dir.join(cr::image::MANIFEST);
-    let text = std::fs::read(&path).map_err(|e| io(format!("reading {}", path.display()), e))?;
-    let manifest: cr::image::Manifest = serde_json::from_slice(&text).map_err(|e| {
-        EngineError::Unsupported(format!(
-            "{} is not a process-tree manifest of this podsnap ({e}): take the snapshot again",
-            path.display()
-        ))
-    })?;
+    let manifest =
+        cr::image::read_manifest(dir).map_err(|e| cr_error("reading the process-tree image", e))?;
     Ok(manifest
         .processes
         .into_iter()
