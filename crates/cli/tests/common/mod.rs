@@ -217,9 +217,12 @@ spec:
     command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
 "#;
 
+/// The counter Pod `pod` has reached, once it counts (its start-up work, e.g. writing a large
+/// file first, may take a while on a busy machine: up to 60 s).
 pub async fn count(client: &Client, pod: &str) -> u64 {
     // The loop truncates the file before it writes it: a read in between sees nothing.
-    for _ in 0..50 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
         let out = client
             .json(
                 Method::POST,
