@@ -311,6 +311,12 @@ pub async fn run(command: RepoCommand) -> Result<()> {
             for name in &report.stale_writes_removed {
                 println!("removed the marker of an abandoned write: {name}");
             }
+            for id in &report.orphan_working_sets {
+                println!(
+                    "{} the recorded working set of deleted snapshot {id}",
+                    if dry_run { "would remove" } else { "removed" }
+                );
+            }
             if !report.writes_in_progress.is_empty() {
                 println!(
                     "sweep postponed: snapshot writes in progress ({}); run gc again later",

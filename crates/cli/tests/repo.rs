@@ -93,11 +93,18 @@ fn put_get_ls_inspect_verify_rm_gc() {
     assert_eq!(to_stdout.stdout, bytes);
 
     ok(&["repo", "rm", "--url", &url, "snap-a", generated.trim()]);
+    // A working set left by a snapshot whose manifest is gone (a delete that stopped half-way).
+    let orphan = dir.path().join("repo/snapshots/ghost/working-set.json");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, "{}").unwrap();
     let gc = ok(&["repo", "gc", "--url", &url, "--grace", "0"]);
     assert!(
-        gc.contains("0 snapshots reference 0 chunks") && gc.contains("deleted"),
+        gc.contains("0 snapshots reference 0 chunks")
+            && gc.contains("deleted")
+            && gc.contains("removed the recorded working set of deleted snapshot ghost"),
         "{gc}"
     );
+    assert!(!orphan.exists());
     let err = fails(&["repo", "get", "--url", &url, "snap-a", "-o", "-"]);
     assert!(err.contains("snapshot snap-a does not exist"), "{err}");
 }
