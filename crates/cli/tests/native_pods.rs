@@ -132,9 +132,9 @@ async fn unknown_runtime_classes_fail_with_the_choices() {
     );
 }
 
-/// A counter that holds 48 MB in a shell variable: enough memory that a lazy restore's
-/// background fill is still going when the loop first runs (so it faults, and a working set
-/// is recorded).
+/// A counter that holds 96 MB in a shell variable and wakes every 10 ms: a lazy restore's
+/// background fill (in address order, the shell's stack last) is still going when the loop
+/// first runs again, so it faults and a working set is recorded.
 const NATIVE_COUNTER: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -144,7 +144,7 @@ spec:
   containers:
   - name: counter
     image: localhost/busybox
-    command: ["/bin/sh", "-c", "x=$(head -c 48000000 /dev/zero | tr '\\0' m); echo kept > /tmp/kept; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"]
+    command: ["/bin/sh", "-c", "x=$(head -c 96000000 /dev/zero | tr '\\0' m); echo kept > /tmp/kept; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.01; done"]
 "#;
 
 #[tokio::test]
@@ -423,7 +423,7 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
         .unwrap_or_else(|| panic!("no snapshot: {trigger}"))
         .to_owned();
     let repo = dir.path().join("snapshots");
-    // A chunk in the middle of the shell's 48 MB (memory that comes in after it runs), and
+    // A chunk in the middle of the shell's 96 MB (memory that comes in after it runs), and
     // the last one (which holds pages put in place before it runs).
     let (middle, last) = (
         page_chunk(&repo, &snapshot, 0.5),
