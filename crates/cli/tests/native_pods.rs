@@ -348,19 +348,39 @@ fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::
         .expect("the chunk's file")
 }
 
-/// Applies the replica `name` and waits until its restore fails while it runs (so it was
-/// killed); the reason, which names the page stream that could not be read.
-async fn replica_fails_running(client: &Client, name: &str) -> String {
+/// Applies the replica `name` and waits until its restore fails; the reason, which names the
+/// page stream that could not be read. Where the chunk is first needed decides when: while
+/// the Pod runs (it is killed; its `PodMemoryResident` condition says why) or before (it
+/// starts cold; the `RestoreFailed` event says why) — both are checked for what follows.
+async fn replica_fails(client: &Client, name: &str) -> String {
     client
         .apply(&NATIVE_COUNTER.replace("NAME", name))
         .await
         .unwrap();
     let message = wait_restore_failure(client, name, Duration::from_secs(30)).await;
-    assert!(
-        message.starts_with("its memory could not be brought in")
-            && message.contains("native/processes/pages-"),
-        "{message}"
-    );
+    assert!(message.contains("native/processes/pages-"), "{message}");
+    if message.starts_with("its memory could not be brought in") {
+        // Failed while it ran: its container was killed (not left blocked), and the restart
+        // policy takes over.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = pod(client, name).await;
+            if p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} was not killed: {p}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            event_reasons(client, name)
+                .await
+                .contains(&"BackOff".to_owned())
+        );
+    } else {
+        // Failed before it ran: it starts cold.
+        assert!(message.contains("starting cold"), "{message}");
+        wait_phase(client, name, "Running").await;
+    }
     message
 }
 
@@ -402,11 +422,11 @@ async fn wait_restore_failure(client: &Client, name: &str, limit: Duration) -> S
 }
 
 /// Fault injection on the repository a restored Pod streams its memory from: a corrupt chunk,
-/// a missing one and one whose read never ends each fail the running Pod cleanly with the reason (the
-/// latter after the agent's `--lazy-read-timeout`): it is killed, not left blocked, and its
-/// `PodMemoryResident` condition says why (a failure before the Pod runs starts it cold
-/// instead, with a `RestoreFailed` event). Neither harms the snapshot: once the store is
-/// mended, the next replica restores completely.
+/// a missing one and one whose read never ends each fail the restore cleanly with the reason
+/// naming the chunk (the latter after the agent's `--lazy-read-timeout`): a running Pod is
+/// killed, not left blocked, and its `PodMemoryResident` condition says why; one not yet
+/// running starts cold with a `RestoreFailed` event. None of them harms the snapshot: once
+/// the store is mended, the next replica restores completely.
 #[tokio::test]
 async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -431,14 +451,13 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     );
     assert_ne!(middle, last);
 
-    // A corrupt chunk: the Pod, running by then, is killed as its memory reaches the chunk,
-    // and its condition names it.
+    // A corrupt chunk: the restore fails as the memory reaches the chunk, naming it.
     let good = std::fs::read(&middle).unwrap();
     let mut bad = good.clone();
     let at = bad.len() / 2;
     bad[at] ^= 0x55;
     std::fs::write(&middle, &bad).unwrap();
-    let message = replica_fails_running(&client, "corrupt").await;
+    let message = replica_fails(&client, "corrupt").await;
     assert!(
         message.contains("could not be fetched from the repository")
             && message.contains("is corrupt"),
@@ -451,45 +470,27 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     let kept = std::fs::read(&quarter).unwrap();
     forget_chunks(dir.path()).await;
     std::fs::remove_file(&quarter).unwrap();
-    let message = replica_fails_running(&client, "missing").await;
+    let message = replica_fails(&client, "missing").await;
     assert!(
         message.contains("could not be fetched from the repository"),
         "{message}"
     );
     std::fs::write(&quarter, &kept).unwrap();
 
-    // A chunk whose read never ends (a FIFO nobody writes): the Pod, running by then, waits
-    // for at most the read timeout where it needs that memory, then is killed with the reason.
+    // A chunk whose read never ends (a FIFO nobody writes): the restore waits for at most the
+    // read timeout where it needs that memory, then fails with that reason.
     let chunk = last;
     let good = std::fs::read(&chunk).unwrap();
     forget_chunks(dir.path()).await;
     std::fs::remove_file(&chunk).unwrap();
     nix::unistd::mkfifo(&chunk, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let started = Instant::now();
-    let message = replica_fails_running(&client, "stalled").await;
+    let message = replica_fails(&client, "stalled").await;
     assert!(
         message.contains("did not arrive from the repository within 2s"),
         "{message}"
     );
     assert!(started.elapsed() >= Duration::from_secs(2));
-    // Its container was killed (not left blocked), and the restart policy takes over.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let p = pod(&client, "stalled").await;
-        if p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stalled Pod was not killed: {p}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        event_reasons(&client, "stalled")
-            .await
-            .contains(&"BackOff".to_owned())
-    );
     // Let the stuck read end, and mend the store.
     drop(
         std::fs::OpenOptions::new()

@@ -1964,6 +1964,25 @@ impl LazyHandle {
         self.shared.done.load(Ordering::Acquire)
     }
 
+    /// Why the restore failed, if it has (the process was killed for it). A failure being
+    /// published (the process killed, its exit awaited) is waited for, up to 6 s.
+    pub fn failure(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while self.shared.phase.load(Ordering::Acquire) == FAILING
+            && !self.is_finished()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !self.is_finished() {
+            return None;
+        }
+        match &*self.shared.result.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(Err(e)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     /// Waits until the restore has ended: every image page is in the process, or the process
     /// went away ([`LazyOutcome`]); or it failed, and the process was killed.
     pub fn wait(mut self) -> std::result::Result<LazyStats, LazyError> {

@@ -2402,7 +2402,17 @@ fn restore_tree(
             BTreeMap::new()
         },
     };
-    let syscalls = execute(&plan, &tree_pages, &mut seeds)?;
+    let syscalls = execute(&plan, &tree_pages, &mut seeds).map_err(|e| {
+        // A process whose memory could not be served was killed by its server: that, not
+        // the restore step it broke, is the reason.
+        match seeds.handles.iter().find_map(LazyHandle::failure) {
+            Some(reason) => CrError::Unexpected {
+                pid: root.pid,
+                what: format!("restoring the tree lazily: {reason} (then: {e})"),
+            },
+            None => e,
+        }
+    })?;
     let elapsed = t0.elapsed();
     let threads = manifest.processes.iter().map(|p| p.threads.len()).sum();
     let page_bytes = manifest.processes.iter().map(|p| p.pages.data_len).sum();
