@@ -14,7 +14,7 @@
 //! the page data: [`PagesFile::read_at`] verifies the checksum of every block it reads, so
 //! page data is checked as it is restored, and a corrupt block is an
 //! [`std::io::ErrorKind::InvalidData`] error naming the file and the block. The page files
-//! are read through a [`ByteSource`] — local files by default, or any other source of their
+//! are read through an [`ImageFile`] (the engine interface's) — local files by default, or any other source of their
 //! bytes ([`read_image_with`]).
 
 use std::cell::RefCell;
@@ -234,27 +234,14 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
 }
 
 /// The bytes of one file of an image, by offset: a local file, or one still arriving from a
-/// repository.
-pub trait ByteSource: Send + Sync {
-    /// The file's length in bytes.
-    fn len(&self) -> u64;
-    /// Reads exactly `buf.len()` bytes at `offset`.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// [`ByteSource::read_at`] for a page fault a process is blocked on: a source that
-    /// queues reads (fetches) puts this one ahead of those already waiting.
-    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.read_at(offset, buf)
-    }
-    /// Whether the file is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// repository — the engine interface's image file, so that what an engine is given is read
+/// here as it is.
+pub use podsnap_engine::ImageFile;
 
 /// Opens a page file of an image by its full path.
-pub type PagesOpener = dyn Fn(&Path) -> std::io::Result<Arc<dyn ByteSource>> + Send + Sync;
+pub type PagesOpener = dyn Fn(&Path) -> std::io::Result<Arc<dyn ImageFile>> + Send + Sync;
 
-/// A local file as a [`ByteSource`], its length taken when opened.
+/// A local file as an [`ImageFile`], its length taken when opened.
 #[derive(Debug)]
 pub struct LocalFile {
     file: File,
@@ -270,7 +257,7 @@ impl LocalFile {
     }
 }
 
-impl ByteSource for LocalFile {
+impl ImageFile for LocalFile {
     fn len(&self) -> u64 {
         self.len
     }
@@ -281,7 +268,7 @@ impl ByteSource for LocalFile {
 }
 
 /// The [`PagesOpener`] of local files: the page files in the image directory.
-pub fn open_local(path: &Path) -> std::io::Result<Arc<dyn ByteSource>> {
+pub fn open_local(path: &Path) -> std::io::Result<Arc<dyn ImageFile>> {
     Ok(Arc::new(LocalFile::open(path)?))
 }
 
@@ -294,9 +281,9 @@ thread_local! {
 const SCRATCH_KEEP: usize = 9 << 20;
 
 /// A page file whose header and length are valid, read by offset through its
-/// [`ByteSource`]; every block read is checked against its checksum.
+/// [`ImageFile`]; every block read is checked against its checksum.
 pub struct PagesFile {
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn ImageFile>,
     path: PathBuf,
     data_len: u64,
     block_size: u64,
@@ -323,7 +310,7 @@ impl PagesFile {
     }
 
     /// [`PagesFile::read_at`] for a page fault a process is blocked on (see
-    /// [`ByteSource::read_for_fault`]).
+    /// [`ImageFile::read_for_fault`]).
     pub fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.read_checked(offset, buf, true)
     }
@@ -846,7 +833,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         /// Bytes in memory, counting the reads.
         struct Mem(Vec<u8>, AtomicUsize);
-        impl ByteSource for Mem {
+        impl ImageFile for Mem {
             fn len(&self) -> u64 {
                 self.0.len() as u64
             }
@@ -868,7 +855,7 @@ mod tests {
         let opened = Arc::new(std::sync::Mutex::new(Vec::new()));
         let open = {
             let (mem, opened) = (mem.clone(), opened.clone());
-            move |p: &Path| -> std::io::Result<Arc<dyn ByteSource>> {
+            move |p: &Path| -> std::io::Result<Arc<dyn ImageFile>> {
                 opened.lock().unwrap().push(p.to_path_buf());
                 Ok(mem.clone())
             }

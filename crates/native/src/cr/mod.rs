@@ -29,7 +29,7 @@ mod sys;
 pub mod uffd;
 
 pub use checkpoint::{CheckpointOptions, CheckpointStats, checkpoint};
-pub use image::{ByteSource, PagesOpener};
+pub use image::{ImageFile, PagesOpener};
 pub use restore::{LazyRestore, RestoreOptions, RestoreStats, restore, restore_lazily};
 
 use std::path::PathBuf;

@@ -2308,10 +2308,8 @@ fn restore_tree(
     lazy: Option<LazyOptions>,
 ) -> Result<(RestoreStats, Vec<LazyHandle>, Vec<i32>)> {
     let t0 = Instant::now();
-    let (manifest, pages) = match &opts.open_pages {
-        Some(open) => image::read_image_with(dir, open.as_ref())?,
-        None => image::read_image(dir)?,
-    };
+    let open = opts.open_pages.as_deref().unwrap_or(&image::open_local);
+    let (manifest, pages) = image::read_image_with(dir, open)?;
     let root_dir = match seed {
         Some(s) => PathBuf::from(format!("/proc/{s}/root")),
         None => PathBuf::from("/"),

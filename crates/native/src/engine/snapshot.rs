@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use podsnap_engine::{
-    CheckpointImage, EngineError, ImageFile, ImageFiles, RestoreInput, RestoreProgress, Result,
+    CheckpointImage, EngineError, ImageFiles, RestoreInput, RestoreProgress, Result,
 };
 use serde::{Deserialize, Serialize};
 
@@ -415,27 +415,10 @@ pub fn in_place_opener(image_dir: &Path, files: ImageFiles) -> Arc<cr::image::Pa
             .and_then(|p| p.to_str())
             .and_then(|p| files.get(p));
         match relative {
-            Some(file) => Ok(Arc::new(InPlace(file.clone())) as Arc<dyn cr::image::ByteSource>),
+            Some(file) => Ok(file.clone()),
             None => cr::image::open_local(path),
         }
     })
-}
-
-/// An engine-level image file as the page reader's byte source.
-struct InPlace(Arc<dyn ImageFile>);
-
-impl cr::image::ByteSource for InPlace {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_at(offset, buf)
-    }
-
-    fn read_for_fault(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_for_fault(offset, buf)
-    }
 }
 
 #[cfg(test)]
