@@ -1065,10 +1065,16 @@ struct Counters {
     latencies_ns: Vec<u64>,
 }
 
+/// Why pages are copied (what their bytes count as).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// For a fault.
     Demand,
+    /// Ahead of the process.
     Background,
+    /// Ahead of the process, as part of the prefetched working set (counted as background
+    /// too).
+    Prefetch,
 }
 
 /// How a fill step ended.
@@ -1584,6 +1590,10 @@ impl Server {
             match kind {
                 Kind::Demand => self.c.demand_bytes += bytes,
                 Kind::Background => self.c.background_bytes += bytes,
+                Kind::Prefetch => {
+                    self.c.background_bytes += bytes;
+                    self.c.prefetch_bytes += bytes;
+                }
             }
             done += filled;
             chunk = n - done;
@@ -1760,12 +1770,13 @@ impl Server {
     }
 
     /// Copies the missing pages of image indices `[idx, idx + pages)` into every address
-    /// space, from `data`.
+    /// space, from `data` (ahead of the process: `kind` is background or prefetch).
     fn fill_indices(
         &mut self,
         idx: u64,
         pages: u64,
         data: &[u8],
+        kind: Kind,
     ) -> std::result::Result<(), LazyError> {
         let ids: Vec<u64> = self.spaces.iter().map(|s| s.id).collect();
         for id in ids {
@@ -1792,7 +1803,7 @@ impl Server {
                     let addr = seg.addr + (i - seg.idx) * PAGE;
                     let from = ((i - idx) * PAGE) as usize;
                     let to = ((j - idx) * PAGE) as usize;
-                    match self.copy_pages(si, addr, i, j - i, &data[from..to], Kind::Background)? {
+                    match self.copy_pages(si, addr, i, j - i, &data[from..to], kind)? {
                         Step::Ok => {
                             // Faults that came meanwhile go first; then this block goes on
                             // from its start (what they filled is skipped).
@@ -1843,9 +1854,7 @@ impl Server {
                 lo,
                 &mut buf.as_mut_slice()[..bytes],
             )?;
-            let before = self.c.background_bytes;
-            self.fill_indices(lo, hi - lo, &buf.as_slice()[..bytes])?;
-            self.c.prefetch_bytes += self.c.background_bytes - before;
+            self.fill_indices(lo, hi - lo, &buf.as_slice()[..bytes], Kind::Prefetch)?;
             spent += bytes as u64;
         }
         Ok(())
@@ -1853,11 +1862,12 @@ impl Server {
 
     fn fill_block(&mut self, b: Block) -> std::result::Result<(), LazyError> {
         let bytes = (b.pages * PAGE) as usize;
-        let before = self.c.background_bytes;
-        self.fill_indices(b.idx, b.pages, &b.buf.as_slice()[..bytes])?;
-        if b.prefetch {
-            self.c.prefetch_bytes += self.c.background_bytes - before;
-        }
+        let kind = if b.prefetch {
+            Kind::Prefetch
+        } else {
+            Kind::Background
+        };
+        self.fill_indices(b.idx, b.pages, &b.buf.as_slice()[..bytes], kind)?;
         let _ = self.pool.send(b.buf);
         Ok(())
     }
@@ -1895,7 +1905,9 @@ impl Server {
             idx,
             &mut buf.as_mut_slice()[..bytes],
         )
-        .and_then(|()| self.fill_indices(idx, end - idx, &buf.as_slice()[..bytes]));
+        .and_then(|()| {
+            self.fill_indices(idx, end - idx, &buf.as_slice()[..bytes], Kind::Background)
+        });
         self.sweep_buf = Some(buf);
         r
     }
