@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use podsnap_engine::{ImageFile, ImageFiles, WorkingSet};
-use podsnap_repo::{Chunking, PriorityFetcher, Snapshot};
+use podsnap_repo::{Chunking, PriorityFetcher, Snapshot, Stream};
 
 use crate::images::{self, CacheOutcome, ImageCache, NATIVE_PREFIX};
 
@@ -132,21 +132,14 @@ fn chunks_covering(starts: &[u64], offset: u64, end: u64) -> std::ops::Range<usi
     first..last.max(first + 1)
 }
 
-/// Whether a stream of `snapshot` is a native page file (read in place).
-fn is_page_stream(snapshot: &Snapshot, name: &str) -> bool {
-    name.starts_with(NATIVE_PREFIX)
-        && snapshot
-            .stream(name)
-            .is_ok_and(|s| matches!(s.chunking, Chunking::PageCdc { .. }))
+/// Whether a snapshot's stream is a native page file (read in place).
+pub fn is_page_stream(stream: &Stream) -> bool {
+    stream.name.starts_with(NATIVE_PREFIX) && matches!(stream.chunking, Chunking::PageCdc { .. })
 }
 
 /// Whether `snapshot` holds a native checkpoint whose page files can be read in place.
 pub fn can_read_in_place(snapshot: &Snapshot) -> bool {
-    snapshot
-        .manifest()
-        .streams
-        .iter()
-        .any(|s| is_page_stream(snapshot, &s.name))
+    snapshot.manifest().streams.iter().any(is_page_stream)
 }
 
 /// Puts the native checkpoint of `snapshot` into the empty directory `into`: linked from the
@@ -190,13 +183,13 @@ async fn provide_into(
     progress: &dyn podsnap_repo::Progress,
 ) -> Result<ImageFiles, String> {
     images::assemble_where(snapshot, partial, progress, |name| {
-        !is_page_stream(snapshot, name)
+        !snapshot.stream(name).is_ok_and(is_page_stream)
     })
     .await?;
     let mut files = ImageFiles::new();
     let mut fetchers = Vec::new();
     for stream in &snapshot.manifest().streams {
-        if !is_page_stream(snapshot, &stream.name) {
+        if !is_page_stream(stream) {
             continue;
         }
         let relative = images::file_of_stream(&stream.name)?;

@@ -58,7 +58,7 @@ use nix::unistd::Pid;
 use podsnap_engine::{ImageFile, ImageFiles};
 use podsnap_native::cr::lazy::{LazyOptions, LazyStats};
 use podsnap_native::cr::{self, CheckpointOptions, RestoreOptions};
-use podsnap_repo::{Chunking, NoProgress, Repository};
+use podsnap_repo::{NoProgress, Repository};
 
 use crate::native_repo::{self, mib};
 
@@ -595,7 +595,7 @@ async fn stream_image(
             .map_err(|e| anyhow!("snapshot {name}: {e}"))?;
         let rel = stream[native_repo::NATIVE_PREFIX.len()..].to_owned();
         let path = into.join(&rel);
-        if matches!(snapshot.stream(&stream)?.chunking, Chunking::PageCdc { .. }) {
+        if podsnap_agent::in_place::is_page_stream(snapshot.stream(&stream)?) {
             pages.push((stream, rel, path));
             continue;
         }
