@@ -173,10 +173,7 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(count(&client, "origin").await > before);
 
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "replica"))
-        .await
-        .unwrap();
+    apply_replica(&client, "replica").await;
     let replica = wait_phase(&client, "replica", "Running").await;
     let restored = condition_of(&replica, "PodRestored");
     assert!(
@@ -191,24 +188,14 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
             .unwrap()
     );
     // Restored lazily: once all its memory is in, the Pod says so with the figures.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = pod(&client, "replica").await;
-        let resident = condition_of(&p, "PodMemoryResident");
-        if resident["status"] == "True" {
-            assert_eq!(resident["reason"], "Complete", "{p}");
-            assert!(
-                resident["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("all memory in") && m.contains("faults")),
-                "{resident}"
-            );
-            break;
-        }
-        assert_ne!(resident["reason"], "Failed", "{p}");
-        assert!(Instant::now() < deadline, "the memory never came in: {p}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let resident = wait_resident(&client, "replica").await;
+    assert_eq!(resident["reason"], "Complete", "{resident}");
+    assert!(
+        resident["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("all memory in") && m.contains("faults")),
+        "{resident}"
+    );
     // Its counter goes on from the snapshot; its file system has the origin's changes.
     assert!(count(&client, "replica").await >= before);
     let out = client
@@ -248,10 +235,7 @@ async fn a_native_pod_is_snapshotted_and_a_replica_restored_from_it() {
         "{stored}"
     );
     // ...and the next restore brings that in first.
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "second"))
-        .await
-        .unwrap();
+    apply_replica(&client, "second").await;
     wait_phase(&client, "second", "Running").await;
     wait_resident(&client, "second").await;
     assert!(count(&client, "second").await >= before);
@@ -277,6 +261,14 @@ async fn start_origin(dir: &std::path::Path, client: &Client) {
         .await
         .unwrap();
     wait_phase(client, "origin", "Running").await;
+}
+
+/// Applies the native counter Pod `name` (a replica of `origin`'s snapshot, by its labels).
+async fn apply_replica(client: &Client, name: &str) {
+    client
+        .apply(&NATIVE_COUNTER.replace("NAME", name))
+        .await
+        .unwrap();
 }
 
 /// Waits for the working set of `snapshot` to be stored in the repository under `repo`.
@@ -353,10 +345,7 @@ fn page_chunk(repo: &std::path::Path, snapshot: &str, share: f64) -> std::path::
 /// the Pod runs (it is killed; its `PodMemoryResident` condition says why) or before (it
 /// starts cold; the `RestoreFailed` event says why) — both are checked for what follows.
 async fn replica_fails(client: &Client, name: &str) -> String {
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", name))
-        .await
-        .unwrap();
+    apply_replica(client, name).await;
     let message = wait_restore_failure(client, name, Duration::from_secs(30)).await;
     assert!(message.contains("native/processes/pages-"), "{message}");
     if message.starts_with("its memory could not be brought in") {
@@ -502,10 +491,7 @@ async fn a_corrupt_missing_or_stalled_chunk_fails_a_lazily_restored_pod_with_the
     std::fs::write(&chunk, &good).unwrap();
 
     // The snapshot itself is unharmed: a new replica restores and all its memory comes in.
-    client
-        .apply(&NATIVE_COUNTER.replace("NAME", "mended"))
-        .await
-        .unwrap();
+    apply_replica(&client, "mended").await;
     wait_phase(&client, "mended", "Running").await;
     wait_resident(&client, "mended").await;
     let metrics = agent_metrics(&client).await;

@@ -109,13 +109,7 @@ async fn snapshots_round_trip_and_dedup_on_s3() {
         .await
         .unwrap_err();
     assert!(matches!(err, RepoError::SnapshotExists(_)), "{err}");
-    let ids: Vec<String> = repo
-        .list_snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = snapshot_ids(&repo).await;
     assert_eq!(ids, ["s3-snap", "s3-snap-2"]);
     repo.verify_snapshot("s3-snap", true).await.unwrap();
     repo.delete_snapshot("s3-snap").await.unwrap();

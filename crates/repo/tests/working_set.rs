@@ -247,13 +247,7 @@ async fn deleting_a_snapshot_deletes_its_working_set() {
     // A snapshot without a working set deletes as before.
     snapshot(&repo, "bare").await;
     repo.delete_snapshot("bare").await.unwrap();
-    let ids: Vec<String> = repo
-        .list_snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = snapshot_ids(&repo).await;
     assert_eq!(ids, ["kept"]);
 }
 
@@ -270,13 +264,7 @@ async fn an_orphan_working_set_is_no_snapshot_and_gc_removes_it() {
     let record = dir.path().join("snapshots/orphan/working-set.json");
     assert!(record.exists());
 
-    let ids: Vec<String> = repo
-        .list_snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = snapshot_ids(&repo).await;
     assert_eq!(ids, ["kept"]);
     let err = repo.working_set("orphan").await.unwrap_err();
     assert!(matches!(err, RepoError::SnapshotNotFound { .. }), "{err}");

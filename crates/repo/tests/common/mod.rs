@@ -105,3 +105,13 @@ pub const SMALL_CDC: Chunking = Chunking::Cdc {
     avg: 8 << 10,
     max: 32 << 10,
 };
+
+/// The ids of the snapshots `repo` lists, in its order.
+pub async fn snapshot_ids(repo: &Repository) -> Vec<String> {
+    repo.list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
