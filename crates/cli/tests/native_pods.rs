@@ -351,20 +351,22 @@ async fn replica_fails(client: &Client, name: &str) -> String {
     if message.starts_with("its memory could not be brought in") {
         // Failed while it ran: its container was killed (not left blocked), and the restart
         // policy takes over.
+        // (The status and the back-off event are written one after the other.)
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let p = pod(client, name).await;
-            if p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 {
+            let killed =
+                p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137;
+            let reasons = event_reasons(client, name).await;
+            if killed && reasons.iter().any(|r| r == "BackOff") {
                 break;
             }
-            assert!(Instant::now() < deadline, "{name} was not killed: {p}");
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not killed and backed off: {p} {reasons:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            event_reasons(client, name)
-                .await
-                .contains(&"BackOff".to_owned())
-        );
     } else {
         // Failed before it ran: it starts cold.
         assert!(message.contains("starting cold"), "{message}");
